@@ -1,0 +1,69 @@
+"""Errors that name the file, the field and the value that was wrong.
+
+Every user-facing failure on bad input raises a subclass of :class:`MetamriError`
+so that command-line tools can print it as one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+from typing import Any
+
+_MAX_VALUE_REPR = 80
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_VALUE_REPR else text[: _MAX_VALUE_REPR - 3] + "..."
+
+
+class MetamriError(Exception):
+    """Base class of metamri's user-facing errors."""
+
+
+class DataFileError(MetamriError, ValueError):
+    """A data file (or one field of it) cannot be used.
+
+    The message reads ``<file>: <field> = <value>: <problem>. <hint>`` with the
+    parts that are known, e.g.::
+
+        data/file1.h5: ismrmrd_header/sequenceParameters/TR = 'abc': not a number.
+    """
+
+    def __init__(
+        self,
+        path: str | PathLike[str] | None,
+        problem: str,
+        *,
+        field: str | None = None,
+        value: Any = ...,
+        hint: str | None = None,
+    ) -> None:
+        self.path = None if path is None else str(path)
+        self.field = field
+        self.value = value
+        self.problem = problem
+        self.hint = hint
+        where = self.path if self.path is not None else "<no file>"
+        what = ""
+        if field is not None:
+            what = f" {field}" + (f" = {_short(value)}" if value is not ... else "")
+        msg = f"{where}:{what}: {problem}"
+        if hint:
+            msg += f". {hint}"
+        super().__init__(msg)
+
+
+class MetadataError(MetamriError, ValueError):
+    """A metadata value does not fit the schema (wrong type, NaN, unknown field)."""
+
+
+class ConfigError(MetamriError, ValueError):
+    """A configuration value is invalid; the message names the key and the value."""
+
+    def __init__(self, key: str, value: Any, problem: str, hint: str | None = None) -> None:
+        msg = f"config {key} = {_short(value)}: {problem}"
+        if hint:
+            msg += f". {hint}"
+        super().__init__(msg)
+        self.key, self.value = key, value

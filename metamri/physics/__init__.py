@@ -1,0 +1,1 @@
+"""MR physics: centred FFTs, the multi-coil SENSE operator, sampling masks."""

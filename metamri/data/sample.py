@@ -39,3 +39,29 @@ class KSpaceSlice(NamedTuple):
     mask: np.ndarray | None
     target: np.ndarray | None
     recon_size: tuple[int, int]
+
+
+class ImageSample(NamedTuple):
+    """One preprocessed slice as the data modules serve it.
+
+    Attributes:
+        image: float32 (2, H, W): real and imaginary parts of the MVUE image
+            divided by ``scale`` (the slice's 99th-percentile magnitude).
+        metadata: The slice's :class:`Metadata`.
+        domain: ``"brain"`` or ``"cardiac"``; picks the timestep range in training.
+        fname: Source file name (seeds the sampling mask at evaluation).
+        slice_index: Index along the source file's slice axis.
+        frame: Cine frame, -1 for static data.
+        scale: The p99 divisor; ``image * scale`` is in the source file's units.
+        maps: complex64 (coils, H, W) ESPIRiT maps cropped like the image, or
+            ``None`` when the data module was asked not to load them (training).
+    """
+
+    image: np.ndarray
+    metadata: Metadata
+    domain: str
+    fname: str
+    slice_index: int
+    frame: int
+    scale: float
+    maps: np.ndarray | None = None

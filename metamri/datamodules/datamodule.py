@@ -1,0 +1,203 @@
+"""The LightningDataModule for brain, cardiac and mixed (brain + OOD cardiac) training.
+
+One class serves the three configurations in ``conf/data/`` (``brain``,
+``cardiac``, ``mixed``): it is given one source per domain and, when both are
+present and ``ood_ratio`` is set, draws cardiac slices at that exact ratio.
+
+Lifecycle (Lightning calls these):
+
+* :meth:`prepare_data` (once, rank 0): if a domain's raw directory holds no
+  files and a phantom is configured, write the phantom there (the embedded
+  default); then bring the preprocessed cache up to date (ESPIRiT, MVUE, p99).
+* :meth:`setup` (every rank): read the cache index, split patients into
+  train/val/test deterministically from ``split_seed`` and write the split to
+  ``<output_dir>/splits.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import ConcatDataset, DataLoader
+
+from metamri.data.batch import collate_images
+from metamri.datamodules.dataset import CacheEntry, CachedSliceDataset
+from metamri.datamodules.ratio_sampler import RatioSampler
+from metamri.datamodules.splits import SPLITS, split_patients, write_splits
+from metamri.errors import ConfigError
+from metamri.metadata.record import Metadata
+
+log = logging.getLogger(__name__)
+
+DOMAINS = ("brain", "cardiac")
+
+
+@dataclass(frozen=True)
+class DomainSource:
+    """Where one domain's data lives.
+
+    Attributes:
+        raw_dir: Directory of raw files (fastMRI ``*.h5`` or a CMRxRecon tree).
+        cache_dir: Directory of preprocessed entries for this domain.
+    """
+
+    raw_dir: Path
+    cache_dir: Path
+
+
+class SliceDataModule(L.LightningDataModule):
+    """Serves :class:`~metamri.data.batch.ImageBatch` batches from the preprocessed cache.
+
+    Args:
+        sources: ``{domain: {raw_dir, cache_dir}}`` for ``brain`` and/or ``cardiac``.
+        ood_ratio: ``[ood, in_distribution]`` draws of cardiac to brain (``[1, 5]``
+            in the paper); ``None`` concatenates the domains and shuffles.
+        split_fractions: Patient fractions per split.
+        split_seed: Seed of the patient split.
+        sampler_seed: Seed of the training draw order (epoch ``e`` uses ``seed + e``).
+        batch_size: Training batch size (the paper's is 4).
+        eval_batch_size: Batch size of validation/test loaders.
+        num_workers: DataLoader workers.
+        output_dir: Run directory; the split is written there.
+        phantom: Keyword arguments of :func:`metamri.phantom.generate.generate_dataset`
+            used when a raw directory is empty (``None``: an empty directory is an error).
+        preprocess: Keyword arguments of the preprocessing run (ESPIRiT backend,
+            image size, cardiac frames, workers).
+        val_max_items: Cap on validation slices per domain (keeps CPU runs short).
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, Mapping[str, str]],
+        ood_ratio: Sequence[int] | None = None,
+        split_fractions: Mapping[str, float] | None = None,
+        split_seed: int = 0,
+        sampler_seed: int = 0,
+        batch_size: int = 4,
+        eval_batch_size: int = 4,
+        num_workers: int = 0,
+        output_dir: str | None = None,
+        phantom: Mapping[str, Any] | None = None,
+        preprocess: Mapping[str, Any] | None = None,
+        val_max_items: int | None = None,
+    ) -> None:
+        super().__init__()
+        sources = {d: s for d, s in sources.items() if s is not None}  # `brain: null` disables a domain
+        unknown = set(sources) - set(DOMAINS)
+        if unknown or not sources:
+            raise ConfigError("data.sources", sorted(sources), f"domains must be a non-empty subset of {DOMAINS}")
+        self.sources = {
+            d: DomainSource(Path(s["raw_dir"]).expanduser(), Path(s["cache_dir"]).expanduser())
+            for d, s in sources.items()
+        }
+        if ood_ratio is not None and set(self.sources) != set(DOMAINS):
+            raise ConfigError("data.ood_ratio", list(ood_ratio), "an OOD ratio needs both brain and cardiac sources")
+        self.ood_ratio = None if ood_ratio is None else (int(ood_ratio[0]), int(ood_ratio[1]))
+        self.split_fractions = dict(split_fractions or {"train": 0.7, "val": 0.15, "test": 0.15})
+        self.split_seed = split_seed
+        self.sampler_seed = sampler_seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.phantom = dict(phantom) if phantom else None
+        self.preprocess_kwargs = dict(preprocess or {})
+        self.val_max_items = val_max_items
+        self.splits: dict[str, dict[str, list[str]]] = {}
+        self.entries: dict[str, dict[str, list[CacheEntry]]] = {}  # split -> domain -> entries
+        self.datasets: dict[str, dict[str, CachedSliceDataset]] = {}
+
+    # -- preparation ---------------------------------------------------------------
+    def prepare_data(self) -> None:
+        from metamri.preprocess.pipeline import preprocess_directory
+
+        for domain, src in self.sources.items():
+            if not _has_raw_files(src.raw_dir) and self.phantom is not None:
+                from metamri.phantom.generate import generate_domain
+
+                log.info("No raw %s files in %s: writing the phantom there", domain, src.raw_dir)
+                generate_domain(domain, src.raw_dir, **self.phantom)
+            preprocess_directory(src.raw_dir, src.cache_dir, **self.preprocess_kwargs)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.entries:
+            return
+        self.entries = {s: {} for s in SPLITS}
+        for domain, src in self.sources.items():
+            entries = [CacheEntry.read(p) for p in sorted(src.cache_dir.glob("*.h5"))]
+            if not entries:
+                raise ConfigError(
+                    f"data.sources.{domain}.cache_dir", str(src.cache_dir), "holds no cache entries",
+                    hint="run `python -m metamri.preprocess` on your raw files, or point raw_dir at them",
+                )
+            splits = split_patients([e.patient_id for e in entries], self.split_fractions, self.split_seed)
+            self.splits[domain] = splits
+            for split, patients in splits.items():
+                keep = set(patients)
+                self.entries[split][domain] = [e for e in entries if e.patient_id in keep]
+        if self.output_dir is not None:
+            write_splits(self.output_dir / "splits.json", self.splits)
+        self.datasets = {
+            split: {d: CachedSliceDataset(es, load_maps=False) for d, es in by_domain.items()}
+            for split, by_domain in self.entries.items()
+        }
+
+    # -- what the model needs to know about the data ------------------------------------
+    def train_metadata(self) -> list[Metadata]:
+        """Metadata of every training slice (both domains when mixed), for normalisation ranges."""
+        self.setup()
+        out: list[Metadata] = []
+        for ds in self.datasets["train"].values():
+            out.extend(ds.metadata(i) for i in range(len(ds)))
+        return out
+
+    def eval_dataset(self, split: str, domain: str = "brain", *, load_maps: bool = True) -> CachedSliceDataset:
+        """A dataset of one split and domain with coil maps, for reconstruction."""
+        self.setup()
+        return CachedSliceDataset(self.entries[split].get(domain, []), load_maps=load_maps)
+
+    # -- loaders ---------------------------------------------------------------------------
+    def _loader(self, dataset, *, shuffle: bool = False, sampler=None, batch_size: int) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_images,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        train = self.datasets["train"]
+        if self.ood_ratio is not None:
+            brain, heart = train["brain"], train["cardiac"]
+            sampler = RatioSampler(len(brain), len(heart), self.ood_ratio, seed=self.sampler_seed)
+            return self._loader(ConcatDataset([brain, heart]), sampler=sampler, batch_size=self.batch_size)
+        return self._loader(ConcatDataset(list(train.values())), shuffle=True, batch_size=self.batch_size)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        datasets = list(self.datasets[split].values())
+        if self.val_max_items is not None and split == "val":
+            from torch.utils.data import Subset
+
+            datasets = [Subset(d, range(min(len(d), self.val_max_items))) for d in datasets]
+        return self._loader(ConcatDataset(datasets), batch_size=self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+
+def _has_raw_files(raw_dir: Path) -> bool:
+    if not raw_dir.exists():
+        return False
+    return any(raw_dir.rglob("*.h5")) or any(raw_dir.rglob("*.mat"))

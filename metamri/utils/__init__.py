@@ -1,0 +1,1 @@
+"""Small shared utilities (Hydra glue, atomic files, seeding)."""

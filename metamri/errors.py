@@ -48,7 +48,7 @@ class DataFileError(MetamriError, ValueError):
         what = ""
         if field is not None:
             what = f" {field}" + (f" = {_short(value)}" if value is not ... else "")
-        msg = f"{where}:{what}: {problem}"
+        msg = f"{where}:{what}: {problem}" if what else f"{where}: {problem}"
         if hint:
             msg += f". {hint}"
         super().__init__(msg)

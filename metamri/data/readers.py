@@ -1,0 +1,278 @@
+"""One interface over every raw k-space file format: :class:`VolumeFile` and :func:`open_volume`.
+
+A :class:`VolumeFile` is one file (one volume): it knows its shapes and the
+volume's :class:`~metamri.metadata.Metadata` after a cheap look at the file,
+and reads one :class:`~metamri.data.sample.KSpaceSlice` per item on demand.
+Items are slices for static data and (slice, frame) pairs for cine data.
+
+Files are opened only inside a ``with`` block for each read, never kept open, so
+a :class:`VolumeFile` pickles cleanly into DataLoader workers.
+
+Formats (see ``DESIGN.md``):
+
+========================  ==========  =====================================================
+``format``                extension   class
+========================  ==========  =====================================================
+``"fastmri_brain"``       ``.h5``     :class:`metamri.data.fastmri_file.FastMRIBrainFile`
+``"cmrxrecon_cine"``      ``.mat``    :class:`metamri.data.cmrxrecon_file.CMRxReconCineFile`
+========================  ==========  =====================================================
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from os import PathLike
+from pathlib import Path
+from typing import Any, ClassVar
+
+import h5py
+import numpy as np
+
+from metamri.data.sample import KSpaceSlice
+from metamri.errors import DataFileError
+from metamri.metadata.record import Metadata
+
+FORMATS: tuple[str, ...] = ("fastmri_brain", "cmrxrecon_cine")
+_EXTENSIONS = {".h5": "fastmri_brain", ".hdf5": "fastmri_brain", ".mat": "cmrxrecon_cine"}
+
+
+class VolumeFile(ABC):
+    """A raw multi-coil k-space file, read one slice (or cine frame) at a time.
+
+    Subclasses fill in the shape properties, :meth:`volume_metadata` and
+    :meth:`_read_item`; the base class gives indexing, iteration and
+    :meth:`describe`.
+
+    Attributes:
+        format: ``"fastmri_brain"`` | ``"cmrxrecon_cine"``.
+        domain: ``"brain"`` | ``"cardiac"``.
+    """
+
+    format: ClassVar[str]
+    domain: ClassVar[str]
+
+    def __init__(self, path: str | PathLike[str]) -> None:
+        self._path = Path(path)
+        #: (slice index, frame index or None) of every item, in item order.
+        self._items: list[tuple[int, int | None]] = []
+
+    # -- what every format knows ------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        """The file's path."""
+        return self._path
+
+    @property
+    @abstractmethod
+    def raw_shape(self) -> tuple[int, ...]:
+        """Shape of the k-space dataset as stored in the file."""
+
+    @property
+    @abstractmethod
+    def num_slices(self) -> int:
+        """Number of slices in the volume."""
+
+    @property
+    def num_frames(self) -> int:
+        """Number of cine frames in the file (1 for static data)."""
+        return 1
+
+    @property
+    @abstractmethod
+    def num_coils(self) -> int:
+        """Number of receive coils."""
+
+    @property
+    @abstractmethod
+    def kspace_shape(self) -> tuple[int, int, int]:
+        """Per-slice k-space shape in the canonical layout (coils, readout, phase)."""
+
+    @property
+    @abstractmethod
+    def recon_size(self) -> tuple[int, int]:
+        """(H, W) image size after cropping away readout oversampling."""
+
+    @property
+    @abstractmethod
+    def patient_id(self) -> str:
+        """Patient identifier (used for patient-level splits)."""
+
+    @abstractmethod
+    def volume_metadata(self) -> Metadata:
+        """The volume's metadata (``slice`` is ``None``)."""
+
+    @abstractmethod
+    def _read_item(self, slice_index: int, frame: int | None) -> KSpaceSlice:
+        """Read one slice (and frame) from the file."""
+
+    # -- items ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i: int) -> KSpaceSlice:
+        n = len(self._items)
+        if not isinstance(i, int | np.integer):
+            raise TypeError(
+                f"{type(self).__name__} indices must be integers, not {type(i).__name__}"
+            )
+        if not -n <= i < n:
+            raise IndexError(f"{self.path}: item {i} out of range for {n} items")
+        slice_index, frame = self._items[int(i) % n]
+        return self._read_item(slice_index, frame)
+
+    def __iter__(self) -> Iterator[KSpaceSlice]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, items={len(self)})"
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary: path, format, shapes, patient and every metadata field.
+
+        ``metadata`` lists every schema field, ``None`` where missing.
+        """
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "domain": self.domain,
+            "shape": list(self.raw_shape),
+            "kspace_shape": list(self.kspace_shape),
+            "slices": self.num_slices,
+            "frames": self.num_frames,
+            "coils": self.num_coils,
+            "items": len(self),
+            "recon_size": list(self.recon_size),
+            "patient_id": self.patient_id,
+            "metadata": self.volume_metadata().to_dict(),
+        }
+
+    # -- helpers for subclasses -------------------------------------------------------------
+    def _check_finite(self, kspace: np.ndarray, field: str, where: str) -> None:
+        """Raise a DataFileError when ``kspace`` holds NaN or inf (one slice: cheap)."""
+        if not np.isfinite(kspace).all():
+            bad = int(kspace.size - np.count_nonzero(np.isfinite(kspace)))
+            raise DataFileError(
+                self.path, f"{bad} non-finite value(s) (NaN or inf) in {where}", field=field
+            )
+
+
+def open_volume(path: str | PathLike[str], **kwargs: Any) -> VolumeFile:
+    """Open a raw k-space file as the :class:`VolumeFile` of its format.
+
+    Args:
+        path: A fastMRI brain ``.h5`` or CMRxRecon cine ``.mat`` (v7.3) file; other
+            extensions are recognised by the datasets they hold.
+        **kwargs: Passed to the format's class (e.g. ``sidecar=``, ``frames=`` for cine).
+
+    Raises:
+        DataFileError: Unreadable file, unknown format, or bad content.
+    """
+    fmt = detect_format(path)
+    if fmt == "fastmri_brain":
+        from metamri.data.fastmri_file import FastMRIBrainFile
+
+        return FastMRIBrainFile(path, **kwargs)
+    from metamri.data.cmrxrecon_file import CMRxReconCineFile
+
+    return CMRxReconCineFile(path, **kwargs)
+
+
+def detect_format(path: str | PathLike[str]) -> str:
+    """The format name of ``path``: by extension, else by the datasets it holds."""
+    fmt = _EXTENSIONS.get(Path(path).suffix.lower())
+    if fmt is not None:
+        return fmt
+    with open_hdf5(path) as f:
+        keys = set(f.keys())
+    if "kspace" in keys:
+        return "fastmri_brain"
+    if "kspace_full" in keys or any(k.startswith("kspace_sub") for k in keys):
+        return "cmrxrecon_cine"
+    raise DataFileError(
+        path,
+        f"unknown file format: no 'kspace' or 'kspace_full' dataset (found {sorted(keys)})",
+        hint="expected a fastMRI brain .h5 or a CMRxRecon cine .mat (v7.3)",
+    )
+
+
+# -- HDF5 helpers shared by the formats --------------------------------------------------------
+
+
+@contextmanager
+def open_hdf5(path: str | PathLike[str]) -> Iterator[h5py.File]:
+    """Open an HDF5 (or MATLAB v7.3) file read-only, turning failures into DataFileError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(path, "no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataFileError(path, _why_not_hdf5(path, exc)) from None
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def _why_not_hdf5(path: Path, exc: OSError) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(128)
+    if head.startswith(b"MATLAB 5.0"):
+        return "a MATLAB v5 MAT-file, not v7.3 (HDF5); re-save it with save(..., '-v7.3')"
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "truncated" in reason:
+        return f"truncated HDF5 file ({reason})"
+    return f"not a readable HDF5 file ({reason})"
+
+
+def require_dataset(f: h5py.File, name: str, path: str | PathLike[str]) -> h5py.Dataset:
+    """``f[name]`` as a dataset, or a DataFileError naming the missing field."""
+    obj = f.get(name)
+    if not isinstance(obj, h5py.Dataset):
+        problem = "missing dataset" if obj is None else "not a dataset"
+        raise DataFileError(path, f"{problem} (the file holds {sorted(f.keys())})", field=name)
+    return obj
+
+
+def read_dataset(ds: h5py.Dataset, index: Any, path: str | PathLike[str], field: str) -> np.ndarray:
+    """``ds[index]``, turning low-level read failures (truncated data) into DataFileError."""
+    try:
+        return ds[index]
+    except (OSError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataFileError(path, f"cannot read data ({reason})", field=field) from None
+
+
+def attr_str(value: Any) -> str | None:
+    """An HDF5 attribute as ``str`` (h5py may return ``str``, ``bytes`` or a 0-d array)."""
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        value = value.item() if value.size == 1 else value.tolist()
+    if isinstance(value, bytes | np.bytes_):
+        value = bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+@contextmanager
+def atomic_output(path: str | PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it onto ``path`` only on success.
+
+    A failure inside the block removes the temporary file and leaves ``path`` as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -43,7 +43,7 @@ class DomainSource:
 
     Attributes:
         raw_dir: Directory of raw files (fastMRI ``*.h5`` or a CMRxRecon tree).
-        cache_dir: Directory of preprocessed entries for this domain.
+        cache_dir: Directory of this domain's preprocessed entries (``<cache root>/<domain>``).
     """
 
     raw_dir: Path
@@ -54,7 +54,8 @@ class SliceDataModule(L.LightningDataModule):
     """Serves :class:`~metamri.data.batch.ImageBatch` batches from the preprocessed cache.
 
     Args:
-        sources: ``{domain: {raw_dir, cache_dir}}`` for ``brain`` and/or ``cardiac``.
+        sources: ``{domain: raw_dir}`` for ``brain`` and/or ``cardiac`` (``null`` disables one).
+        cache_dir: Cache root; entries live in ``<cache_dir>/<domain>/``.
         ood_ratio: ``[ood, in_distribution]`` draws of cardiac to brain (``[1, 5]``
             in the paper); ``None`` concatenates the domains and shuffles.
         split_fractions: Patient fractions per split.
@@ -73,7 +74,8 @@ class SliceDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        sources: Mapping[str, Mapping[str, str]],
+        sources: Mapping[str, str | None],
+        cache_dir: str,
         ood_ratio: Sequence[int] | None = None,
         split_fractions: Mapping[str, float] | None = None,
         split_seed: int = 0,
@@ -91,10 +93,8 @@ class SliceDataModule(L.LightningDataModule):
         unknown = set(sources) - set(DOMAINS)
         if unknown or not sources:
             raise ConfigError("data.sources", sorted(sources), f"domains must be a non-empty subset of {DOMAINS}")
-        self.sources = {
-            d: DomainSource(Path(s["raw_dir"]).expanduser(), Path(s["cache_dir"]).expanduser())
-            for d, s in sources.items()
-        }
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.sources = {d: DomainSource(Path(raw).expanduser(), self.cache_dir / d) for d, raw in sources.items()}
         if ood_ratio is not None and set(self.sources) != set(DOMAINS):
             raise ConfigError("data.ood_ratio", list(ood_ratio), "an OOD ratio needs both brain and cardiac sources")
         self.ood_ratio = None if ood_ratio is None else (int(ood_ratio[0]), int(ood_ratio[1]))
@@ -122,7 +122,7 @@ class SliceDataModule(L.LightningDataModule):
 
                 log.info("No raw %s files in %s: writing the phantom there", domain, src.raw_dir)
                 generate_domain(domain, src.raw_dir, **self.phantom)
-            preprocess_directory(src.raw_dir, src.cache_dir, **self.preprocess_kwargs)
+            preprocess_directory(src.raw_dir, self.cache_dir, **self.preprocess_kwargs)
 
     def setup(self, stage: str | None = None) -> None:
         if self.entries:
@@ -132,7 +132,7 @@ class SliceDataModule(L.LightningDataModule):
             entries = [CacheEntry.read(p) for p in sorted(src.cache_dir.glob("*.h5"))]
             if not entries:
                 raise ConfigError(
-                    f"data.sources.{domain}.cache_dir", str(src.cache_dir), "holds no cache entries",
+                    "data.cache_dir", str(src.cache_dir), f"holds no {domain} cache entries",
                     hint="run `python -m metamri.preprocess` on your raw files, or point raw_dir at them",
                 )
             splits = split_patients([e.patient_id for e in entries], self.split_fractions, self.split_seed)

@@ -1,0 +1,184 @@
+"""Reconstruct a few fixed validation slices during training, and the test split at test end.
+
+``ReconstructionCallback`` runs the :class:`~metamri.evaluation.reconstructor.Reconstructor`
+with the module being trained (EMA weights), sharded over the DDP processes and gathered
+(:mod:`~metamri.evaluation.sharding`), so its numbers do not depend on the number of devices:
+
+* after validation, every ``every_n_val`` validation epochs (sanity checks skipped), on the
+  first ``val_slices`` items of the val split (the same slices every time);
+* after the test epoch, on the whole test split (or its first ``max_test_slices``).
+
+Every rank logs ``<stage>/psnr``, ``<stage>/ssim``, ``<stage>/nmse`` of the primary method
+(``diffusion`` when run, else the last listed) and ``<stage>/<metric>_<method>`` of every
+method through ``pl_module.log`` (the same value on every rank, since the rows are gathered).
+Rank 0 writes ``<run_dir>/reconstruction/<stage>_metrics.csv`` and ``<stage>_summary.md``
+(validation files get the step: ``val_step000200_metrics.csv``), and, when a
+:class:`~lightning.pytorch.loggers.WandbLogger` is attached, logs image panels
+(ground truth | zero-filled | reconstruction | error | std, see :mod:`.panels`) and the
+per-slice table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.callbacks import Callback
+
+from metamri.evaluation.panels import make_panel, panel_caption
+from metamri.evaluation.reconstructor import METHODS, Reconstructor
+from metamri.evaluation.run import evaluate_split, method_means, write_outputs
+
+log = logging.getLogger(__name__)
+
+
+def build_sampler(sampler: Any, module: Any) -> Any:
+    """A ready sampler: ``sampler`` itself, or ``sampler(alphas_cumprod=...)`` of the module's schedule.
+
+    ``sampler`` may be a sampler object (has ``sample``), a factory (a Hydra
+    ``_partial_: true`` config instantiated to a ``functools.partial``), or a dict config.
+    """
+    if sampler is None or hasattr(sampler, "sample"):
+        return sampler
+    alphas = None
+    sched = getattr(module, "noise_scheduler", None)
+    if sched is not None:
+        alphas = sched.alphas_cumprod
+    if isinstance(sampler, Mapping):
+        from hydra.utils import instantiate
+
+        return instantiate(dict(sampler), alphas_cumprod=alphas)
+    return sampler(alphas_cumprod=alphas)
+
+
+class ReconstructionCallback(Callback):
+    """Posterior-sampling reconstructions and their metrics during ``fit`` and ``test``.
+
+    Args:
+        mask: Mask function (``mask((H, W), seed=fname)``).
+        sampler: Sampler object or factory (see :func:`build_sampler`); ``None`` skips diffusion.
+        methods: Methods scored (subset of :data:`~metamri.evaluation.reconstructor.METHODS`).
+        ensemble: K samples per slice.
+        drop_fields, keep_fields: Metadata ablation (see :class:`Reconstructor`).
+        base_seed: Mixed into the ensemble seeds.
+        cs: Keyword arguments of the CS baseline.
+        domain: Domain of the eval split (``"brain"``).
+        every_n_val: Reconstruct after every n-th validation epoch; 0 never.
+        val_slices: Number of fixed validation slices (the first items of the val split).
+        max_test_slices: Cap on test slices, ``None`` for the whole split.
+        n_panels: Panels logged to W&B per stage (from rank 0's slices).
+        output_subdir: Folder under the run directory for the CSV/markdown files.
+    """
+
+    def __init__(
+        self,
+        mask: Callable,
+        sampler: Any = None,
+        methods: Sequence[str] = ("zero_filled", "diffusion"),
+        ensemble: int = 1,
+        drop_fields: Sequence[str] = (),
+        keep_fields: Sequence[str] | None = None,
+        base_seed: int = 0,
+        cs: Mapping[str, Any] | None = None,
+        domain: str = "brain",
+        every_n_val: int = 1,
+        val_slices: int = 2,
+        max_test_slices: int | None = None,
+        n_panels: int = 2,
+        output_subdir: str = "reconstruction",
+    ) -> None:
+        super().__init__()
+        self.mask, self.sampler_cfg = mask, sampler
+        self.methods = tuple(methods)
+        if "diffusion" in self.methods and sampler is None:
+            self.methods = tuple(m for m in self.methods if m != "diffusion")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            from metamri.errors import ConfigError
+
+            raise ConfigError("callbacks.reconstruction.methods", list(methods),
+                              f"choose a non-empty subset of {list(METHODS)}")
+        self.ensemble, self.base_seed = int(ensemble), int(base_seed)
+        self.drop_fields = list(drop_fields or ())
+        self.keep_fields = None if keep_fields is None else list(keep_fields)
+        self.cs = dict(cs or {})
+        self.domain = domain
+        self.every_n_val, self.val_slices = int(every_n_val), int(val_slices)
+        self.max_test_slices = None if max_test_slices is None else int(max_test_slices)
+        self.n_panels, self.output_subdir = int(n_panels), output_subdir
+        self._val_epochs = 0
+        self.last_table = None  # the merged MetricTable of the latest run (for tests and users)
+
+    # -- pieces --------------------------------------------------------------------------
+    def reconstructor(self, pl_module: L.LightningModule) -> Reconstructor:
+        diffusion = "diffusion" in self.methods
+        return Reconstructor(
+            self.mask, self.methods,
+            sampler=build_sampler(self.sampler_cfg, pl_module) if diffusion else None,
+            module=pl_module if diffusion else None, ensemble=self.ensemble,
+            drop_fields=self.drop_fields, keep_fields=self.keep_fields, base_seed=self.base_seed,
+            cs=self.cs,
+        )
+
+    def primary_method(self) -> str:
+        return "diffusion" if "diffusion" in self.methods else self.methods[-1]
+
+    def _dataset(self, trainer: L.Trainer, split: str):
+        dm = getattr(trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "eval_dataset"):
+            log.warning("ReconstructionCallback: the datamodule has no eval_dataset(); skipped")
+            return None
+        return dm.eval_dataset(split, self.domain, load_maps=True)
+
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, split: str,
+            max_slices: int | None) -> None:
+        dataset = self._dataset(trainer, split)
+        if dataset is None or len(dataset) == 0:
+            return
+        out = evaluate_split(self.reconstructor(pl_module), dataset, max_slices,
+                             keep_results=self.n_panels)
+        self.last_table = out.table
+        primary = self.primary_method()
+        for metric in ("psnr", "ssim", "nmse"):
+            means = method_means(out.table, metric)
+            pl_module.log(f"{stage}/{metric}", means[primary], sync_dist=False, rank_zero_only=False)
+            for method, value in means.items():
+                pl_module.log(f"{stage}/{metric}_{method}", value, sync_dist=False)
+        if trainer.is_global_zero:
+            tag = stage if stage == "test" else f"{stage}_step{trainer.global_step:06d}"
+            run_dir = Path(trainer.default_root_dir if trainer.log_dir is None else trainer.log_dir)
+            csv_path, _ = write_outputs(out.table, run_dir / self.output_subdir, tag)
+            log.info("%s reconstruction metrics (%d slices) -> %s\n%s", stage, out.n_slices,
+                     csv_path, out.table.format_summary())
+            self._log_wandb(trainer, stage, out)
+
+    def _log_wandb(self, trainer: L.Trainer, stage: str, out) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers:
+            return
+        method = self.primary_method()
+        panels = [make_panel(r, method) for r in out.results]
+        captions = [panel_caption(r, method) for r in out.results]
+        for lg in loggers:
+            if panels:
+                lg.log_image(key=f"{stage}/reconstructions", images=[np.asarray(p) for p in panels],
+                             caption=captions, step=trainer.global_step)
+            lg.log_table(key=f"{stage}/per_slice_metrics", dataframe=out.table.to_frame(),
+                         step=trainer.global_step)
+
+    # -- hooks ---------------------------------------------------------------------------
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.every_n_val <= 0 or self.val_slices <= 0:
+            return
+        self._val_epochs += 1
+        if self._val_epochs % self.every_n_val == 0:
+            self.run(trainer, pl_module, "val", "val", self.val_slices)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.run(trainer, pl_module, "test", "test", self.max_test_slices)

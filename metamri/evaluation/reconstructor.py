@@ -1,0 +1,251 @@
+r"""Reconstruct one preprocessed slice with every configured method.
+
+For an :class:`~metamri.data.sample.ImageSample` (image float32 (2, H, W) in
+normalised units, i.e. the MVUE divided by the slice's p99 magnitude, and maps
+complex64 (C, H, W)) the :class:`Reconstructor` simulates the measurement and
+reconstructs it::
+
+    x_gt = to_complex(image)                      complex (H, W), normalised units
+    M    = mask_func((H, W), seed=fname)          bool (W,), the same for every slice of a volume
+    y    = A x_gt = M F (S x_gt)                  complex (C, H, W), noiseless
+
+and then, per method (names are the ``method`` column of the metric table):
+
+* ``"zero_filled"``: ``A^H y`` (:func:`metamri.recon.baselines.zero_filled`);
+* ``"cs"``: L1-wavelet compressed sensing (:func:`metamri.recon.baselines.compressed_sensing`
+  with the ``cs`` keyword arguments; ``lamda`` is in normalised units);
+* ``"diffusion"``: the posterior sampler (e.g. :class:`~metamri.sampling.dds.DecomposedDiffusionSampler`;
+  its ``guidance_scale`` is the CFG scale) with the module's EMA weights, K = ``ensemble``
+  samples averaged in the complex domain (:func:`metamri.sampling.ensemble.ensemble_sample`).
+
+Metadata ablations (paper Sec. 4.5) act on the record before it reaches the encoder:
+``drop_fields`` sets those fields to missing (``Metadata.without``), ``keep_fields``
+keeps only those (``Metadata.only``). Missing, dropped and ablated all mean the same
+thing to an encoder: the field's learned "empty" token. The unconditional context of
+classifier-free guidance drops every field (``encoder.drop_all``).
+
+Seeds: the K samples of slice ``(fname, slice, frame)`` use
+``ensemble_seeds(f"{fname}:{slice}:{frame}", K, base_seed)``, so a slice's
+reconstruction does not depend on which process reconstructs it or in what order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from metamri.data.sample import ImageSample
+from metamri.errors import ConfigError
+from metamri.metadata import Metadata
+from metamri.metrics.table import MetricRow, MetricTable
+from metamri.physics.sense import SenseOperator
+from metamri.recon.baselines import compressed_sensing, zero_filled
+from metamri.sampling.complex_image import to_complex
+from metamri.sampling.ensemble import ensemble_sample, ensemble_seeds
+
+#: Methods a :class:`Reconstructor` knows, in the order they are run and reported.
+METHODS = ("zero_filled", "cs", "diffusion")
+
+
+class SliceKey(NamedTuple):
+    """Identifies one slice: file name, slice index, cine frame (``None`` for static data)."""
+
+    fname: str
+    slice: int
+    frame: int | None
+
+    @property
+    def slice_id(self) -> str:
+        """``"fname:slice:frame"``: the name the ensemble seeds are derived from."""
+        return f"{self.fname}:{self.slice}:{-1 if self.frame is None else self.frame}"
+
+
+def slice_key(sample: ImageSample) -> SliceKey:
+    """The :class:`SliceKey` of a sample (frame -1 -> ``None``)."""
+    frame = int(sample.frame)
+    return SliceKey(str(sample.fname), int(sample.slice_index), None if frame < 0 else frame)
+
+
+@dataclass
+class SliceResult:
+    """Reconstructions of one slice.
+
+    Attributes:
+        key: The slice.
+        images: complex64 (H, W) NumPy images in normalised units, keyed by
+            ``"ground_truth"``, ``"zero_filled"`` and each method run.
+        std: float32 (H, W) magnitude std over the diffusion ensemble (zeros for K = 1),
+            ``None`` without the diffusion method.
+        mask: bool (W,) the sampling mask used.
+        timings: seconds: ``"<method>"`` wall time per method, and ``"diffusion/<part>"``
+            from the sampler (``unet``, ``data_consistency``, ...).
+        scale: the slice's p99 divisor (``image * scale`` is in the file's units).
+    """
+
+    key: SliceKey
+    images: dict[str, np.ndarray]
+    std: np.ndarray | None
+    mask: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    scale: float = 1.0
+
+    @property
+    def methods(self) -> list[str]:
+        """The reconstruction methods in ``images`` (everything but the ground truth)."""
+        return [m for m in self.images if m != "ground_truth"]
+
+
+class Reconstructor:
+    """Simulate the undersampled measurement of a slice and reconstruct it.
+
+    Args:
+        mask: A mask function (:mod:`metamri.physics.masks`), called as
+            ``mask((H, W), seed=fname)``.
+        methods: Any of :data:`METHODS`; ``"zero_filled"`` is always computed (it is
+            the reference panel) but only scored when listed.
+        sampler: The posterior sampler (needed for ``"diffusion"``).
+        module: A :class:`~metamri.training.module.MetaDiffusionModule` (needed for
+            ``"diffusion"``): ``context``, ``eps_from_context``, ``encoder``, ``ema_weights``.
+        ensemble: K samples per slice, averaged (complex mean).
+        drop_fields: Fields set to missing before encoding (drop-one-field ablation).
+        keep_fields: If given, only these fields are kept (keep-one-field ablation).
+        base_seed: Mixed into every ensemble seed.
+        cs: Keyword arguments of :func:`~metamri.recon.baselines.compressed_sensing`
+            (``lamda``, ``n_iter``, ``backend``, ``wavelet``).
+        use_ema: Sample with the module's EMA weights (default True).
+    """
+
+    def __init__(
+        self,
+        mask,
+        methods: Sequence[str] = METHODS,
+        sampler=None,
+        module=None,
+        ensemble: int = 1,
+        drop_fields: Sequence[str] = (),
+        keep_fields: Sequence[str] | None = None,
+        base_seed: int = 0,
+        cs: Mapping[str, Any] | None = None,
+        use_ema: bool = True,
+    ) -> None:
+        self.mask = mask
+        self.methods = tuple(str(m) for m in methods)
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ConfigError("methods", list(self.methods), f"choose a non-empty subset of {list(METHODS)}")
+        if "diffusion" in self.methods and (sampler is None or module is None):
+            raise ConfigError("methods", list(self.methods),
+                              "the diffusion method needs a sampler and a module (ckpt_path)")
+        if int(ensemble) < 1:
+            raise ConfigError("ensemble", ensemble, "must be an integer >= 1")
+        self.sampler, self.module = sampler, module
+        self.ensemble = int(ensemble)
+        self.drop_fields = [str(f) for f in (drop_fields or ())]
+        self.keep_fields = None if keep_fields is None else [str(f) for f in keep_fields]
+        # validate the names now (Metadata.without/only raise on unknown fields)
+        self.ablate(Metadata())
+        self.base_seed = int(base_seed)
+        self.cs = dict(cs or {})
+        self.use_ema = bool(use_ema)
+
+    # -- pieces ------------------------------------------------------------------------------
+    def ablate(self, meta: Metadata) -> Metadata:
+        """The record the encoder sees: ``keep_fields`` kept, ``drop_fields`` dropped."""
+        if self.keep_fields is not None:
+            meta = meta.only(self.keep_fields)
+        return meta.without(self.drop_fields) if self.drop_fields else meta
+
+    def measure(self, sample: ImageSample) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, torch.Tensor]:
+        """``(x_gt (H, W), maps (C, H, W), mask (W,), y (C, H, W))`` of a sample, complex64 tensors."""
+        if sample.maps is None:
+            raise ValueError(f"{sample.fname} slice {sample.slice_index}: no coil maps "
+                             "(load the dataset with load_maps=True)")
+        image = torch.as_tensor(np.asarray(sample.image, dtype=np.float32))
+        x_gt = to_complex(image[None])[0]
+        maps = torch.as_tensor(np.asarray(sample.maps, dtype=np.complex64))
+        h, w = x_gt.shape
+        mask = np.asarray(self.mask((h, w), seed=str(sample.fname)), dtype=bool)
+        y = SenseOperator(maps, torch.from_numpy(mask)).A(x_gt)[0]
+        return x_gt, maps, mask, y
+
+    @torch.no_grad()
+    def diffusion(self, key: SliceKey, meta: Metadata, y: torch.Tensor, maps: torch.Tensor,
+                  mask: np.ndarray):
+        """Ensemble posterior sample of one slice -> :class:`~metamri.sampling.ensemble.EnsembleResult`."""
+        module = self.module
+        device = module.device
+        was_training = module.training
+        module.eval()
+        try:
+            ema = module.ema_weights() if self.use_ema else contextlib.nullcontext()
+            with ema:
+                cond = module.context([self.ablate(meta)])
+                uncond = module.context([meta], module.encoder.drop_all(1))
+                return ensemble_sample(
+                    self.sampler, module.eps_from_context, y[None].to(device), maps[None].to(device),
+                    torch.from_numpy(mask).to(device), cond, uncond, self.ensemble,
+                    ensemble_seeds(key.slice_id, self.ensemble, self.base_seed),
+                )
+        finally:
+            module.train(was_training)
+
+    # -- one slice ---------------------------------------------------------------------------
+    def reconstruct_kspace(
+        self, key: SliceKey, meta: Metadata, y: torch.Tensor, maps: torch.Tensor, mask: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray | None, dict[str, float]]:
+        """Reconstruct measured k-space with every method.
+
+        Args:
+            key: The slice (its name seeds the ensemble).
+            meta: The slice's metadata (ablated here for the conditional context).
+            y: complex64 (C, H, W) undersampled k-space, normalised units.
+            maps: complex64 (C, H, W) sensitivity maps.
+            mask: bool (W,) sampling mask.
+
+        Returns:
+            ``(images, std, timings)``: complex64 (H, W) NumPy images keyed by
+            ``"zero_filled"`` and each method; the ensemble's magnitude std (H, W)
+            or ``None``; wall times in seconds.
+        """
+        images: dict[str, np.ndarray] = {}
+        timings: dict[str, float] = {}
+        std = None
+        start = time.perf_counter()
+        images["zero_filled"] = zero_filled(y, maps, mask).numpy().astype(np.complex64)
+        timings["zero_filled"] = time.perf_counter() - start
+        if "cs" in self.methods:
+            start = time.perf_counter()
+            images["cs"] = compressed_sensing(y.numpy(), maps.numpy(), mask, **self.cs).astype(np.complex64)
+            timings["cs"] = time.perf_counter() - start
+        if "diffusion" in self.methods:
+            start = time.perf_counter()
+            result = self.diffusion(key, meta, y, maps, mask)
+            images["diffusion"] = result.mean[0].detach().cpu().numpy().astype(np.complex64)
+            std = result.std[0].detach().cpu().numpy().astype(np.float32)
+            timings["diffusion"] = time.perf_counter() - start
+            timings.update({f"diffusion/{k}": float(v) for k, v in result.timings.items()})
+        return images, std, timings
+
+    def __call__(self, sample: ImageSample) -> SliceResult:
+        """Simulate the measurement of one slice and reconstruct it (see the module docstring)."""
+        key = slice_key(sample)
+        x_gt, maps, mask, y = self.measure(sample)
+        images, std, timings = self.reconstruct_kspace(key, sample.metadata, y, maps, mask)
+        return SliceResult(key, {"ground_truth": x_gt.numpy(), **images}, std, mask, timings,
+                           float(sample.scale))
+
+    def score(self, result: SliceResult, table: MetricTable, lpips_metric=None) -> list[MetricRow]:
+        """Add one row per scored method of ``result`` to ``table`` (magnitudes, normalised units)."""
+        gt = result.images["ground_truth"]
+        return [
+            table.add_images(gt, result.images[m], fname=result.key.fname, slice=result.key.slice,
+                             frame=result.key.frame, method=m, lpips_metric=lpips_metric)
+            for m in self.methods
+        ]
+

@@ -1,0 +1,421 @@
+"""The LightningModule that trains a metadata-conditioned diffusion prior (paper Eq. 1).
+
+One training step, for a batch of images x0 (B, 2, H, W) with metadata::
+
+    t    ~ U{range of each sample's domain}          (TimestepRangeSampler, Sec. 3.6)
+    eps  ~ N(0, I)
+    x_t  = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps   (DDPM forward process)
+    drop ~ FieldDropout                              (CFG, Sec. 3.4)
+    ctx  = encoder(metadata, drop)                   (B, L, D)
+    loss = || eps - unet(x_t, t, ctx) ||^2           (Eq. 1, mean over pixels and batch)
+
+Checkpoints rebuild themselves: the constructor takes plain (Hydra-style, with
+``_target_``) dict configs of its parts and stores them, plus the resolved
+diffusers configs of the UNet and noise schedule (``arch``), as hyperparameters;
+``MetaDiffusionModule.load_from_checkpoint(path)`` then builds the UNet from
+``arch`` (no pretrained directory needed), re-adds LoRA adapters, rebuilds the
+encoder (its fitted ranges and vocabularies live in its state dict) and loads the
+weights and the EMA.  Only a frozen text model is read again from its local path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import warnings
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from torch import nn
+from torchmetrics import MeanMetric
+
+from metamri.data.batch import ImageBatch
+from metamri.encoders.base import MetadataEncoder
+from metamri.errors import ConfigError
+from metamri.metadata import Metadata
+from metamri.models.ema import EMA
+from metamri.models.scheduler import build_scheduler
+from metamri.models.unet import unet_context_dim
+from metamri.training.dropout import FieldDropout
+from metamri.training.finetune import FullFinetune, parameter_counts, trainable_parameters
+from metamri.training.noise import TimestepRangeSampler
+
+log = logging.getLogger(__name__)
+
+Config = Mapping[str, Any]
+
+
+def _plain(cfg: Any) -> Any:
+    """A DictConfig / mapping as plain Python containers (``None`` stays ``None``)."""
+    if cfg is None:
+        return None
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(cfg, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(cfg, Mapping):
+        return {str(k): _plain(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [_plain(v) for v in cfg]
+    return cfg
+
+
+def _instantiate(cfg: Config, **kwargs: Any) -> Any:
+    from hydra.utils import instantiate
+
+    if "_target_" not in cfg:
+        raise ConfigError("_target_", dict(cfg), "component config has no _target_")
+    return instantiate(dict(cfg), **kwargs)
+
+
+def _seed_from(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+class MetaDiffusionModule(L.LightningModule):
+    """UNet + metadata encoder trained with the epsilon loss, CFG dropout and domain noise ranges.
+
+    Every component is either a Hydra-style dict config (``_target_`` + values; stored
+    in the checkpoint) or a ready object (not stored: pass it again to
+    ``load_from_checkpoint``; the UNet and schedule are the exception, ``arch`` keeps them).
+
+    Args:
+        unet: Config of :func:`~metamri.models.unet.build_unet` (or a ``UNet2DConditionModel``).
+        encoder: Config of a :class:`~metamri.encoders.MetadataEncoder`; its
+            ``context_dim`` is set to the UNet's context width.
+        scheduler: Config of :func:`~metamri.models.scheduler.build_scheduler` (or a
+            ``DDPMScheduler``); ``None`` = linear DDPM, T = 1000.
+        finetune: Config of :class:`FullFinetune` / :class:`LoraFinetune`; ``None`` = full.
+        noise_sampler: Config of :class:`TimestepRangeSampler`; ``None`` = every domain on [0, 1].
+        dropout: Config of :class:`FieldDropout`; ``None`` = no dropout.
+        optimizer: Partial optimizer config (``_partial_: true``), called with the
+            trainable parameters; ``None`` = AdamW, lr 5e-5 (the paper's).
+        ema_decay: EMA decay of the trainable parameters, ``None`` for no EMA. The
+            EMA weights are used for validation and by :meth:`ema_weights`.
+        seed: Seed of the training noise / timesteps / drop masks (mixed with the
+            rank and the step at which training starts) and of the validation noise.
+        val_timesteps: Fixed timesteps at which ``val/loss`` (and ``val/loss_<domain>`` for
+            the domains named in the noise ranges) is measured.
+        val_uncond: Also log ``val/loss_uncond`` (every field dropped): the gap to
+            ``val/loss`` is what the metadata buys.
+        arch: Resolved diffusers configs ``{"unet": ..., "scheduler": ...}``; filled in
+            automatically and stored so that a checkpoint rebuilds without the pretrained
+            directory. When given, ``unet`` and ``scheduler`` are not read.
+    """
+
+    def __init__(
+        self,
+        unet: Config | nn.Module | None = None,
+        encoder: Config | MetadataEncoder | None = None,
+        scheduler: Config | DDPMScheduler | None = None,
+        finetune: Config | Any | None = None,
+        noise_sampler: Config | TimestepRangeSampler | None = None,
+        dropout: Config | FieldDropout | None = None,
+        optimizer: Config | Callable[..., torch.optim.Optimizer] | None = None,
+        ema_decay: float | None = 0.999,
+        seed: int = 0,
+        val_timesteps: Sequence[int] = (100, 300, 500, 700, 900),
+        val_uncond: bool = True,
+        arch: Config | None = None,
+    ) -> None:
+        super().__init__()
+        is_cfg = {name: v is None or isinstance(v, Mapping) or _is_omegaconf(v)
+                  for name, v in (("unet", unet), ("encoder", encoder), ("scheduler", scheduler),
+                                  ("finetune", finetune), ("noise_sampler", noise_sampler),
+                                  ("dropout", dropout), ("optimizer", optimizer))}
+        unet_cfg, encoder_cfg, sched_cfg = _plain_if(unet), _plain_if(encoder), _plain_if(scheduler)
+        finetune_cfg, noise_cfg = _plain_if(finetune), _plain_if(noise_sampler)
+        dropout_cfg, optim_cfg, arch = _plain_if(dropout), _plain_if(optimizer), _plain(arch)
+
+        # -- UNet and noise schedule -------------------------------------------------
+        if arch is not None:
+            self.unet = UNet2DConditionModel.from_config(arch["unet"])
+            self.noise_scheduler = DDPMScheduler.from_config(arch["scheduler"])
+        else:
+            if unet is None:
+                raise ConfigError("model.unet", None, "give a UNet config (or arch)")
+            self.unet = _instantiate(unet_cfg) if is_cfg["unet"] else unet
+            self.noise_scheduler = (
+                build_scheduler() if scheduler is None
+                else _instantiate(sched_cfg) if is_cfg["scheduler"] else scheduler
+            )
+            arch = {"unet": json.loads(self.unet.to_json_string()),
+                    "scheduler": json.loads(self.noise_scheduler.to_json_string())}
+        self.unet.train()  # diffusers' from_pretrained returns eval mode; Lightning keeps modes
+        if self.noise_scheduler.config.prediction_type != "epsilon":
+            raise ConfigError("model.scheduler.prediction_type",
+                              self.noise_scheduler.config.prediction_type, "epsilon expected")
+        self.num_train_timesteps = int(self.noise_scheduler.config.num_train_timesteps)
+
+        # -- which parameters train ---------------------------------------------------
+        self.finetune = (FullFinetune() if finetune is None
+                         else _instantiate(finetune_cfg) if is_cfg["finetune"] else finetune)
+        self.finetune.apply(self.unet)
+
+        # -- metadata encoder ---------------------------------------------------------
+        ctx_dim = unet_context_dim(self.unet)
+        if encoder is None:
+            raise ConfigError("encoder", None, "give an encoder config")
+        if is_cfg["encoder"]:
+            given = encoder_cfg.get("context_dim")
+            if given is not None and int(given) != ctx_dim:
+                raise ConfigError("encoder.context_dim", given,
+                                  f"the UNet expects context tokens of width {ctx_dim}")
+            self.encoder = _instantiate(encoder_cfg, context_dim=ctx_dim)
+        else:
+            self.encoder = encoder
+        if self.encoder.context_dim != ctx_dim:
+            raise ConfigError("encoder.context_dim", self.encoder.context_dim,
+                              f"the UNet expects context tokens of width {ctx_dim}")
+
+        # -- randomness of training ---------------------------------------------------
+        self.noise_sampler = (
+            TimestepRangeSampler({}, self.num_train_timesteps, default=(0.0, 1.0))
+            if noise_sampler is None
+            else _instantiate(noise_cfg) if is_cfg["noise_sampler"] else noise_sampler
+        )
+        if self.noise_sampler.num_train_timesteps != self.num_train_timesteps:
+            raise ConfigError("noise.num_train_timesteps", self.noise_sampler.num_train_timesteps,
+                              f"the noise schedule has T = {self.num_train_timesteps}")
+        # Per-domain validation losses as metrics: synced correctly across DDP ranks even
+        # when a rank's validation batches hold no sample of some domain.
+        self.val_domain_loss = nn.ModuleDict(
+            {d: MeanMetric() for d in sorted(self.noise_sampler.bounds)}
+        )
+        self.dropout = (FieldDropout(p=0.0) if dropout is None
+                        else _instantiate(dropout_cfg) if is_cfg["dropout"] else dropout)
+        if optimizer is None:
+            self._optimizer_factory = functools.partial(torch.optim.AdamW, lr=5e-5)
+        elif is_cfg["optimizer"]:
+            self._optimizer_factory = _instantiate({**optim_cfg, "_partial_": True})
+        else:
+            self._optimizer_factory = optimizer
+
+        self.ema_decay = None if ema_decay is None else float(ema_decay)
+        self.seed = int(seed)
+        self.val_timesteps = [int(t) for t in val_timesteps]
+        for t in self.val_timesteps:
+            if not 0 <= t < self.num_train_timesteps:
+                raise ConfigError("module.val_timesteps", t, f"must lie in [0, {self.num_train_timesteps})")
+        self.val_uncond = bool(val_uncond) and bool(self.encoder.fields)
+        self._gen = torch.Generator().manual_seed(self.seed)
+        self._ema: EMA | None = None
+        self._pending_ema: dict[str, Any] | None = None
+        self._ema_stack: contextlib.ExitStack | None = None
+        self._ema_step = -1
+
+        self.save_hyperparameters({
+            "unet": unet_cfg if is_cfg["unet"] else None,
+            "encoder": encoder_cfg if is_cfg["encoder"] else None,
+            "scheduler": sched_cfg if is_cfg["scheduler"] else None,
+            "finetune": finetune_cfg if is_cfg["finetune"] else None,
+            "noise_sampler": noise_cfg if is_cfg["noise_sampler"] else None,
+            "dropout": dropout_cfg if is_cfg["dropout"] else None,
+            "optimizer": optim_cfg if is_cfg["optimizer"] else None,
+            "ema_decay": self.ema_decay,
+            "seed": self.seed,
+            "val_timesteps": self.val_timesteps,
+            "val_uncond": bool(val_uncond),
+            "arch": arch,
+        })
+
+    # ------------------------------------------------------------------ denoiser API
+    def context(self, metadata: Sequence[Metadata], drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Context tokens (B, L, D) for B records; ``drop`` bool (B, F) over ``encoder.fields``."""
+        return self.encoder(metadata, drop)
+
+    def eps_from_context(self, x_t: torch.Tensor, t: torch.Tensor | int, ctx: torch.Tensor) -> torch.Tensor:
+        """Predicted noise (B, 2, H, W) for x_t (B, 2, H, W), timesteps (B,) or scalar, ctx (B, L, D)."""
+        t = torch.as_tensor(t, device=x_t.device)
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        return self.unet(x_t, t, encoder_hidden_states=ctx).sample
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, metadata: Sequence[Metadata],
+            drop: torch.Tensor | None = None) -> torch.Tensor:
+        """``eps_theta(x_t, t, c)``: the denoiser the posterior sampler calls.
+
+        The sampler forms classifier-free-guidance batches itself (conditional and
+        all-dropped halves, ``encoder.drop_all(B)``).
+        """
+        return self.eps_from_context(x_t, t, self.context(metadata, drop))
+
+    forward = eps
+
+    # ------------------------------------------------------------------ EMA
+    @property
+    def ema(self) -> EMA | None:
+        """The EMA of the trainable parameters (created on first use), or ``None``."""
+        if self.ema_decay is None:
+            return None
+        if self._ema is None:
+            self._ema = EMA(((n, p) for n, p in self.named_parameters() if p.requires_grad),
+                            decay=self.ema_decay)
+            if self._pending_ema is not None:
+                self._ema.load_state_dict(self._pending_ema)
+                self._pending_ema = None
+        return self._ema
+
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """Run the block with the EMA weights in place (a no-op without EMA or before training)."""
+        if self.ema_decay is None or (self._ema is None and self._pending_ema is None):
+            yield
+            return
+        with self.ema.average_parameters():  # type: ignore[union-attr]
+            yield
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._ema is not None:
+            checkpoint["ema"] = self._ema.state_dict()
+        elif self._pending_ema is not None:
+            checkpoint["ema"] = self._pending_ema
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Called before the weights load: keep the EMA until the parameters exist with their shapes.
+        self._ema = None
+        self._pending_ema = checkpoint.get("ema")
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str) -> None:
+        # Fitting may re-size embedding tables, so it runs here, before the optimizer is
+        # built and the model is wrapped for DDP (``on_fit_start`` comes after both).
+        if stage != "fit" or not self.encoder.needs_fit:
+            return
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "train_metadata"):
+            records = list(dm.train_metadata())
+            self.encoder.fit(records)
+            log.info("fitted %s on %d training records", type(self.encoder).__name__, len(records))
+        else:
+            log.warning("encoder not fitted (the datamodule has no train_metadata()); "
+                        "numeric fields use the schema's default ranges")
+
+    def on_train_start(self) -> None:
+        self._gen.manual_seed(_seed_from(self.seed, self.global_rank, self.global_step))
+        counts = self.parameter_counts()
+        log.info("parameters: %s", counts)
+        if self.logger is not None:
+            self.logger.log_metrics({f"params/{k}": float(v) for k, v in counts.items()},
+                                    step=self.global_step)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable / frozen / total element counts (UNet + encoder; a frozen text model excluded)."""
+        out = parameter_counts(self)
+        out["encoder"] = sum(p.numel() for p in self.encoder.parameters())
+        return out
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self._optimizer_factory(trainable_parameters(self))
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: ImageBatch, batch_idx: int) -> torch.Tensor:
+        x0 = batch.image
+        b = x0.shape[0]
+        t = self.noise_sampler.sample(batch.domain, self._gen).to(self.device)
+        eps = torch.randn(x0.shape, generator=self._gen, dtype=x0.dtype).to(self.device)
+        x_t = self.noise_scheduler.add_noise(x0, eps, t)
+        drop = self.dropout.sample(b, self.encoder.fields, self._gen)
+        pred = self.eps_from_context(x_t, t, self.context(batch.metadata, drop.to(self.device)))
+        per_sample = (pred.float() - eps.float()).pow(2).mean(dim=(1, 2, 3))
+        loss = per_sample.mean()
+
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        for j, name in enumerate(self.encoder.fields):
+            self.log(f"train/drop_{name}", drop[:, j].float().mean(), on_step=False, on_epoch=True,
+                     batch_size=b)
+        t_cpu = t.detach().cpu()
+        for domain in sorted(set(batch.domain)):
+            sel = torch.tensor([d == domain for d in batch.domain])
+            n = int(sel.sum())
+            self.log(f"train/loss_{domain}", per_sample.detach()[sel.to(per_sample.device)].mean(),
+                     on_step=False, on_epoch=True, batch_size=n)
+            td = t_cpu[sel].float()
+            self.log(f"train/t_mean_{domain}", td.mean(), on_step=False, on_epoch=True, batch_size=n)
+            self.log(f"train/t_min_{domain}", td.min(), on_step=False, on_epoch=True,
+                     reduce_fx="min", batch_size=n)
+            self.log(f"train/t_max_{domain}", td.max(), on_step=False, on_epoch=True,
+                     reduce_fx="max", batch_size=n)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # global_step counts optimizer steps: update once per step, also under accumulation.
+        if self.ema_decay is not None and self.global_step != self._ema_step:
+            self.ema.update()  # type: ignore[union-attr]
+            self._ema_step = self.global_step
+
+    def on_validation_epoch_start(self) -> None:
+        self._ema_stack = contextlib.ExitStack()
+        self._ema_stack.enter_context(self.ema_weights())
+
+    def on_validation_epoch_end(self) -> None:
+        for domain, metric in self.val_domain_loss.items():
+            # compute() on every rank (it syncs); NaN when no rank saw the domain.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+                value = metric.compute()
+            if torch.isfinite(value):
+                self.log(f"val/loss_{domain}", value)
+            metric.reset()
+        if self._ema_stack is not None:
+            self._ema_stack.close()
+            self._ema_stack = None
+
+    def validation_noise(self, batch: ImageBatch) -> torch.Tensor:
+        """Fixed noise (B, 2, H, W): each sample's from a generator seeded by its file, slice
+        and frame (and ``seed``), so it does not depend on batching or the number of devices."""
+        rows = []
+        for fname, s, f in zip(batch.fname, batch.slice_index.tolist(), batch.frame.tolist(), strict=True):
+            g = torch.Generator().manual_seed(
+                _seed_from(self.seed, zlib.crc32(f"{fname}|{s}|{f}".encode()))
+            )
+            rows.append(torch.randn(tuple(batch.image.shape[1:]), generator=g))
+        return torch.stack(rows).to(device=batch.image.device, dtype=batch.image.dtype)
+
+    def _loss_at_fixed_t(self, x0: torch.Tensor, eps: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss (B,) averaged over ``val_timesteps``."""
+        losses = []
+        for t in self.val_timesteps:
+            tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
+            x_t = self.noise_scheduler.add_noise(x0, eps, tt)
+            pred = self.eps_from_context(x_t, tt, ctx)
+            losses.append((pred.float() - eps.float()).pow(2).mean(dim=(1, 2, 3)))
+        return torch.stack(losses).mean(0)
+
+    def validation_step(self, batch: ImageBatch, batch_idx: int) -> torch.Tensor:
+        x0, b = batch.image, len(batch)
+        eps = self.validation_noise(batch)
+        per_sample = self._loss_at_fixed_t(x0, eps, self.context(batch.metadata))
+        loss = per_sample.mean()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=b)
+        for domain in sorted(set(batch.domain) & set(self.val_domain_loss)):
+            sel = torch.tensor([d == domain for d in batch.domain], device=per_sample.device)
+            self.val_domain_loss[domain].update(per_sample[sel])
+        if self.val_uncond:
+            uncond = self._loss_at_fixed_t(
+                x0, eps, self.context(batch.metadata, self.encoder.drop_all(b))
+            )
+            self.log("val/loss_uncond", uncond.mean(), sync_dist=True, batch_size=b)
+        return loss
+
+
+def _is_omegaconf(v: Any) -> bool:
+    try:
+        from omegaconf import DictConfig
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(v, DictConfig)
+
+
+def _plain_if(v: Any) -> Any:
+    return _plain(v) if (v is None or isinstance(v, Mapping) or _is_omegaconf(v)) else None

@@ -1,0 +1,91 @@
+"""Data modules: exact OOD ratio, patient-level splits, typed batches from the cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from metamri.data.batch import ImageBatch
+from metamri.datamodules import RatioSampler, SliceDataModule, split_patients
+from metamri.errors import ConfigError
+
+
+def test_ratio_sampler_ood_fraction_is_one_sixth():
+    sampler = RatioSampler(n_in=90, n_ood=7, ratio=(1, 5), num_samples=10_000, seed=3)
+    idx = np.array(list(sampler))
+    frac = float((idx >= 90).mean())
+    # block-stratified: exactly 1 in every block of 6 (10_000 = 1666 blocks + 4 draws)
+    assert abs(frac - 1 / 6) < 3 * np.sqrt((1 / 6) * (5 / 6) / 10_000)
+    assert abs(frac - 1 / 6) < 1e-3
+    # every block of six holds exactly one OOD draw, whatever the dataset sizes
+    blocks = (idx[: 6 * 1666] >= 90).reshape(-1, 6).sum(axis=1)
+    assert (blocks == 1).all()
+    # all brain indices are visited (permutation cycles), OOD indices in range
+    assert set(idx[idx < 90]) == set(range(90))
+    assert idx.max() < 97
+
+
+def test_ratio_sampler_is_seeded_per_epoch():
+    s = RatioSampler(20, 5, (1, 5), seed=0)
+    a = list(s)
+    assert a == list(s)
+    s.set_epoch(1)
+    assert list(s) != a
+
+
+def test_ratio_sampler_rejects_bad_ratio():
+    with pytest.raises(ConfigError, match="data.ood_ratio"):
+        RatioSampler(10, 5, (1, 0))
+
+
+def test_split_patients_disjoint_deterministic_and_complete():
+    ids = [f"p{i:03d}" for i in range(40)] * 3
+    a = split_patients(ids, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=1)
+    b = split_patients(ids, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=1)
+    assert a == b
+    sets = [set(a[s]) for s in ("train", "val", "test")]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert set().union(*sets) == set(ids)
+    assert [len(s) for s in sets] == [28, 6, 6]
+    assert split_patients(ids, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=2) != a
+    with pytest.raises(ConfigError, match="sum to 1"):
+        split_patients(ids, {"train": 0.7, "val": 0.1, "test": 0.1}, seed=1)
+
+
+def test_mixed_datamodule_serves_typed_batches_at_the_ratio(tiny_data, tmp_path):
+    dm = SliceDataModule(
+        sources={"brain": str(tiny_data["raw"] / "brain"), "cardiac": str(tiny_data["raw"] / "cardiac")},
+        cache_dir=str(tiny_data["cache"]), ood_ratio=(1, 5), batch_size=6, output_dir=str(tmp_path),
+        split_fractions={"train": 0.5, "val": 0.25, "test": 0.25},
+    )
+    dm.setup("fit")
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    for domain, by_split in splits.items():
+        members = [set(v) for v in by_split.values()]
+        assert sum(len(m) for m in members) == len(set().union(*members)), domain
+    # no cache entry of one patient in two splits, per domain
+    for domain in ("brain", "cardiac"):
+        seen = {}
+        for split, by_domain in dm.entries.items():
+            for e in by_domain.get(domain, []):
+                assert seen.setdefault(e.patient_id, split) == split
+    batch = next(iter(dm.train_dataloader()))
+    assert isinstance(batch, ImageBatch)
+    assert batch.image.shape[1:] == (2, 32, 32) and batch.image.dtype == torch.float32
+    assert len(batch.metadata) == len(batch) == len(batch.domain)
+    for meta, domain in zip(batch.metadata, batch.domain, strict=True):
+        assert meta.anatomy == ("brain" if domain == "brain" else "heart")
+        assert meta.slice is not None
+    domains = [d for b in dm.train_dataloader() for d in b.domain]
+    assert domains.count("cardiac") == len(domains) // 6 + (1 if len(domains) % 6 else 0) or \
+        abs(domains.count("cardiac") / len(domains) - 1 / 6) < 0.1
+    # p99 normalisation: the 99th percentile of |x| of every cached slice is 1
+    x = batch.image[:, 0] + 1j * batch.image[:, 1]
+    p99 = torch.quantile(x.abs().flatten(1), 0.99, dim=1)
+    assert torch.allclose(p99, torch.ones_like(p99), atol=1e-3)
+    # training metadata covers both domains (for normalisation ranges)
+    anatomies = {m.anatomy for m in dm.train_metadata()}
+    assert anatomies == {"brain", "heart"}

@@ -142,7 +142,8 @@ def markdown(results: list[dict], command: str, load: tuple[str, str]) -> str:
     for r in results:
         lo, mean = r["agreement"]
         speed = r["sigpy"]["per_slice_s"] / r["bart"]["per_slice_s"]
-        lines.append(f"- {r['name']}: min {lo:.5f}, mean {mean:.6f}; BART is {speed:.1f}x faster per slice.")
+        faster = f"BART {speed:.1f}x faster" if speed >= 1 else f"sigpy {1 / speed:.1f}x faster"
+        lines.append(f"- {r['name']}: min {lo:.5f}, mean {mean:.6f}; per slice {faster}.")
     return "\n".join(lines) + "\n"
 
 

@@ -122,12 +122,15 @@ class MaskFunc:
     def _make_rng(self, seed):
         return np.random.default_rng(seed)
 
+    def _seed_from_fname(self, fname: str):
+        return seed_from_fname(fname)
+
     def _rng_for(self, seed: Seed):
         """The generator to draw from: the own one for ``None``, else a fresh seeded one."""
         if seed is None:
             return self.rng
         if isinstance(seed, str):
-            seed = seed_from_fname(seed)
+            seed = self._seed_from_fname(seed)
         return self._make_rng(seed)
 
     # -- the mask -----------------------------------------------------------------------------
@@ -268,12 +271,8 @@ class _FastMRIMask(MaskFunc):
     def _make_rng(self, seed):
         return np.random.RandomState(seed)
 
-    def _rng_for(self, seed: Seed):
-        if seed is None:
-            return self.rng
-        if isinstance(seed, str):
-            seed = tuple(map(ord, seed))  # fastmri.data.transforms (use_seed=True)
-        return np.random.RandomState(seed)
+    def _seed_from_fname(self, fname: str):
+        return tuple(map(ord, fname))  # fastmri.data.transforms (use_seed=True)
 
     def n_center(self, width: int) -> int:
         """``round(W * center_fraction)`` low-frequency lines (fastMRI)."""

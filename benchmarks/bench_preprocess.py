@@ -22,9 +22,6 @@ appends it) and leaves every other section as it is.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -32,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import DOC, load_average, machine, write_section
 
 from metamri.bart import bart_executable
 from metamri.data.readers import open_volume
@@ -40,8 +38,6 @@ from metamri.physics.fft import ifft2c_np, rss
 from metamri.preprocess.espirit import make_estimator, map_agreement
 from metamri.preprocess.pipeline import PreprocessParams, preprocess_volume
 
-REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "benchmarks.md"
 SECTION = "## Preprocessing"
 
 CASES = {
@@ -50,20 +46,13 @@ CASES = {
 }
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+
+
+def tools() -> str:
     bart = subprocess.run([bart_executable() or "bart", "version"], capture_output=True, text=True).stdout.strip()
     import sigpy
 
-    return (f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, "
-            f"NumPy {np.__version__}, BART {bart}, sigpy {sigpy.__version__}")
+    return f"NumPy {np.__version__}, BART {bart}, sigpy {sigpy.__version__}"
 
 
 def run_case(name: str, spec: dict, repeats: int, work: Path) -> dict:
@@ -104,11 +93,6 @@ def run_case(name: str, spec: dict, repeats: int, work: Path) -> dict:
     return out
 
 
-def load_average() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.1f}"
-    except OSError:  # pragma: no cover - not on Linux
-        return "?"
 
 
 def markdown(results: list[dict], command: str, load: tuple[str, str]) -> str:
@@ -119,8 +103,8 @@ def markdown(results: list[dict], command: str, load: tuple[str, str]) -> str:
         "per volume, on phantom brain volumes (fastMRI format, SNR 30). `preprocess_volume` time is the",
         "best of the repeats; `ESPIRiT s / slice` is the fastest slice of the ESPIRiT call alone.",
         "",
-        f"Machine: {machine()}; load average {load[0]} before, {load[1]} after (the box is shared "
-        f"with other jobs, so treat the timings as rough). Date: {time.strftime('%Y-%m-%d')}.",
+        f"Machine: {machine()}; {tools()}; load average {load[0]:.1f} before, {load[1]:.1f} after (the box is shared "
+        f"with other jobs, so treat the timings as rough).",
         "",
         f"Command: `{command}`",
         "",
@@ -147,16 +131,6 @@ def markdown(results: list[dict], command: str, load: tuple[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, doc: Path = DOC) -> None:
-    """Replace this script's section of ``doc`` (up to the next ``## `` heading) or append it."""
-    old = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(new.rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -175,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(results, command.strip(), (load_before, load_average()))
     print(text)
     if args.write:
-        write_section(text)
+        write_section(SECTION, text)
         print(f"updated {DOC}", file=sys.stderr)
 
 

@@ -1,55 +1,33 @@
 """Time the decomposed diffusion sampler per slice: UNet vs data consistency vs the rest.
 
-Until the trained model exists this uses a small random diffusers UNet2DConditionModel
-(cross-attention at the two coarser levels) at 64x64, 8 coils, a 4x mask, ContextMRI's
+The network is ``metamri.models.unet.build_unet(preset)`` with random weights (the time of
+a step does not depend on the weights): ``tiny`` is the CPU model the phantom runs train,
+``contextmri`` the published architecture. Default problem: 64x64, 8 coils, a 4x mask, ContextMRI's
 settings (100 steps, eta 0.8, 5 CG steps, gamma 5), and K = 1 and K = 5 samples per slice
 run as one batch (metamri.sampling.ensemble).  Writes the "## Sampler" section of
 docs/benchmarks.md (and only that section).
 
-    python benchmarks/bench_sampler.py                 # CPU, writes docs/benchmarks.md
-    python benchmarks/bench_sampler.py --no-write --steps 10
+    python benchmarks/bench_sampler.py --write         # CPU; updates docs/benchmarks.md
+    python benchmarks/bench_sampler.py --steps 10      # a quick look, prints only
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
-import re
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _common import DOC, load_average, machine, write_section
 
+from metamri.models.unet import build_unet
 from metamri.physics.sense import SenseOperator
 from metamri.sampling import DecomposedDiffusionSampler, ensemble_sample, ensemble_seeds
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Sampler"
 
 
-def tiny_unet(size: int, ctx_dim: int, seed: int = 0):
-    from diffusers import UNet2DConditionModel
-
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=size,
-            in_channels=2,
-            out_channels=2,
-            block_out_channels=(32, 64, 64),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=ctx_dim,
-            attention_head_dim=8,
-            norm_num_groups=8,
-        )
-    return unet.eval()
 
 
 def problem(size: int, coils: int, accel: int, seed: int = 0):
@@ -71,7 +49,9 @@ def problem(size: int, coils: int, accel: int, seed: int = 0):
 
 
 def run(args) -> list[dict]:
-    unet = tiny_unet(args.size, args.ctx_dim)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        unet = build_unet(args.preset, cross_attention_dim=args.ctx_dim, sample_size=args.size).eval()
     n_params = sum(p.numel() for p in unet.parameters())
 
     def eps_fn(x_t, t, context):
@@ -106,35 +86,22 @@ def run(args) -> list[dict]:
     return rows, n_params
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def markdown(args, rows, n_params, load_before, load_after) -> str:
     cmd = "python benchmarks/bench_sampler.py " + " ".join(sys.argv[1:])
     lines = [
         SECTION,
         "",
-        f"Decomposed diffusion sampler, one slice, wall-clock seconds per slice ({dt.date.today()}).",
+        "Decomposed diffusion sampler, one slice, wall-clock seconds per slice.",
         "",
         f"Command: `{cmd.strip()}`",
         "",
-        f"- Model: random diffusers `UNet2DConditionModel`, {n_params / 1e6:.2f}M parameters, "
-        f"blocks (32, 64, 64), cross-attention at 32x32 and 16x16, context {args.ctx_len}x{args.ctx_dim} "
-        "(a stand-in until the trained model exists).",
+        f"- Model: `build_unet('{args.preset}')` (random weights), {n_params / 1e6:.2f}M parameters, "
+        f"context {args.ctx_len} tokens x {args.ctx_dim}.",
         f"- Problem: {args.size}x{args.size}, {args.coils} coils, {args.accel}x mask (+8% centre), "
         f"{args.steps} steps, eta 0.8, 5 CG steps, gamma 5; K samples of the slice run as one batch "
         "of K (`ensemble_sample`); CFG s = 1 runs one network half, other s run both as one batch of 2K.",
-        f"- Machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-        f"{args.device}; load average {load_before:.1f} before, {load_after:.1f} after "
-        "(the box is shared, so treat the numbers as rough). Best of "
-        f"{args.repeats} run(s).",
+        f"- Machine: {machine()}; load average {load_before:.1f} before, {load_after:.1f} after. "
+        f"Best of {args.repeats} run(s).",
         "",
         "| CFG s | K | total (s) | UNet (s) | data consistency (s) | other (s) | per sample (s) |",
         "|---:|---:|---:|---:|---:|---:|---:|",
@@ -154,15 +121,6 @@ def markdown(args, rows, n_params, load_before, load_after) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path = DOC) -> None:
-    """Replace (or append) the '## Sampler' section, leaving the rest of the file alone."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=64)
@@ -171,23 +129,22 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--k", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    ap.add_argument("--preset", default="tiny", help="UNet preset of metamri.models.unet")
     ap.add_argument("--ctx-len", type=int, default=8)
     ap.add_argument("--ctx-dim", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--device", default="cpu", choices=["cpu"], help="CPU only for now")
-    ap.add_argument("--no-write", action="store_true", help="print, do not touch docs/benchmarks.md")
+    ap.add_argument("--write", action="store_true", help=f"update the '{SECTION}' section of {DOC}")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     with torch.no_grad():
         rows, n_params = run(args)
-    text = markdown(args, rows, n_params, load_before, os.getloadavg()[0])
+    text = markdown(args, rows, n_params, load_before, load_average())
     print(text)
-    if not args.no_write:
-        write_section(text)
-        print(f"wrote the '{SECTION}' section of {DOC}")
+    if args.write:
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ if __name__ == "__main__":
     failed = []
     for script in sorted(HERE.glob("bench_*.py")):
         print(f"== {script.name}", flush=True)
-        args = ["--write"] if "preprocess" in script.name else []
+        args = ["--write"]
         if subprocess.run([sys.executable, str(script), *args]).returncode:
             failed.append(script.name)
     if failed:

@@ -89,3 +89,27 @@ def test_mixed_datamodule_serves_typed_batches_at_the_ratio(tiny_data, tmp_path)
     # training metadata covers both domains (for normalisation ranges)
     anatomies = {m.anatomy for m in dm.train_metadata()}
     assert anatomies == {"brain", "heart"}
+
+
+def test_metadata_stats_are_fitted_on_the_training_split_only_and_saved(tiny_data, tmp_path):
+    from metamri.encoders.finegrained import FineGrainedEncoder
+
+    dm = SliceDataModule(
+        sources={"brain": str(tiny_data["raw"] / "brain"), "cardiac": str(tiny_data["raw"] / "cardiac")},
+        cache_dir=str(tiny_data["cache"]), ood_ratio=(1, 5), output_dir=str(tmp_path),
+        split_fractions={"train": 0.5, "val": 0.25, "test": 0.25},
+    )
+    dm.setup("fit")
+    saved = json.loads((tmp_path / "metadata_stats.json").read_text())
+    train = dm.train_metadata()
+    assert saved["train_slices"] == len(train) == sum(len(d) for d in dm.datasets["train"].values())
+    # the ranges span exactly the training slices' values (not val/test)
+    slices = [m.slice for m in train]
+    assert saved["numeric_ranges"]["slice"] == [min(slices), max(slices)]
+    all_slices = [m.slice for split in ("train", "val", "test") for d in dm.datasets[split].values()
+                  for m in (d.metadata(i) for i in range(len(d)))]
+    assert max(all_slices) >= max(slices)
+    # the encoder fitted inside training sees the same statistics
+    enc = FineGrainedEncoder(context_dim=8).fit(train)
+    assert enc.get_extra_state()["numeric_ranges"] == saved["numeric_ranges"]
+    assert enc.get_extra_state()["vocabulary"] == saved["vocabulary"]

@@ -1,7 +1,7 @@
 """Lightning data modules over the preprocessed cache: brain, cardiac, mixed (OOD ratio)."""
 
 from metamri.datamodules.datamodule import DomainSource, SliceDataModule
-from metamri.datamodules.dataset import CacheEntry, CachedSliceDataset
+from metamri.datamodules.dataset import CachedSliceDataset, CacheEntry
 from metamri.datamodules.ratio_sampler import RatioSampler
 from metamri.datamodules.splits import split_patients, write_splits
 

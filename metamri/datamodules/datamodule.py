@@ -11,7 +11,8 @@ Lifecycle (Lightning calls these):
   default); then bring the preprocessed cache up to date (ESPIRiT, MVUE, p99).
 * :meth:`setup` (every rank): read the cache index, split patients into
   train/val/test deterministically from ``split_seed`` and write the split to
-  ``<output_dir>/splits.json``.
+  ``<output_dir>/splits.json``, and the metadata normalisation fitted on the
+  training split to ``<output_dir>/metadata_stats.json``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ import lightning as L
 from torch.utils.data import ConcatDataset, DataLoader
 
 from metamri.data.batch import collate_images
-from metamri.datamodules.dataset import CacheEntry, CachedSliceDataset
+from metamri.datamodules.dataset import CachedSliceDataset, CacheEntry
 from metamri.datamodules.ratio_sampler import RatioSampler
 from metamri.datamodules.splits import SPLITS, split_patients, write_splits
 from metamri.errors import ConfigError
+from metamri.metadata.normalization import NumericRanges, Vocabulary
 from metamri.metadata.record import Metadata
+from metamri.utils.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +143,13 @@ class SliceDataModule(L.LightningDataModule):
             for split, patients in splits.items():
                 keep = set(patients)
                 self.entries[split][domain] = [e for e in entries if e.patient_id in keep]
-        if self.output_dir is not None:
-            write_splits(self.output_dir / "splits.json", self.splits)
         self.datasets = {
             split: {d: CachedSliceDataset(es, load_maps=False) for d, es in by_domain.items()}
             for split, by_domain in self.entries.items()
         }
+        if self.output_dir is not None:
+            write_splits(self.output_dir / "splits.json", self.splits)
+            write_json_atomic(self.output_dir / "metadata_stats.json", self.metadata_statistics())
 
     # -- what the model needs to know about the data ------------------------------------
     def train_metadata(self) -> list[Metadata]:
@@ -155,6 +159,18 @@ class SliceDataModule(L.LightningDataModule):
         for ds in self.datasets["train"].values():
             out.extend(ds.metadata(i) for i in range(len(ds)))
         return out
+
+    def metadata_statistics(self) -> dict[str, Any]:
+        """Numeric ranges and category vocabularies of the training split (both domains when
+        mixed): what a fine-grained encoder fits on (``FineGrainedEncoder.fit``), written to
+        ``<output_dir>/metadata_stats.json`` so a run's normalisation can be read without
+        loading its checkpoint."""
+        records = self.train_metadata()
+        return {
+            "train_slices": len(records),
+            "numeric_ranges": NumericRanges.fit(records).to_dict(),
+            "vocabulary": Vocabulary.fit(records).to_dict(),
+        }
 
     def eval_dataset(self, split: str, domain: str = "brain", *, load_maps: bool = True) -> CachedSliceDataset:
         """A dataset of one split and domain with coil maps, for reconstruction."""

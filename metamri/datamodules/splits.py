@@ -7,13 +7,13 @@ its patient.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from metamri.errors import ConfigError
+from metamri.utils.io import write_json_atomic
 
 SPLITS = ("train", "val", "test")
 
@@ -59,5 +59,4 @@ def split_patients(
 
 def write_splits(path: str | Path, splits: Mapping[str, Mapping[str, list[str]]]) -> None:
     """Write ``{domain: {split: [patient ids]}}`` as JSON (into the run directory)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(splits, indent=2, sort_keys=True))
+    write_json_atomic(path, splits)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -27,6 +25,7 @@ from pathlib import Path
 from metamri.evaluation.reconstructor import Reconstructor, SliceResult
 from metamri.evaluation.sharding import dist_info, gather_rows, shard_indices
 from metamri.metrics.table import MetricTable
+from metamri.utils.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +103,7 @@ def write_outputs(table: MetricTable, out_dir: str | PathLike[str], stage: str) 
     csv_path = out_dir / f"{stage}_metrics.csv"
     table.to_csv(csv_path)
     md_path = out_dir / f"{stage}_summary.md"
-    fd, tmp = tempfile.mkstemp(prefix=f".{md_path.name}.", suffix=".tmp", dir=out_dir)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(f"# {stage} metrics (mean ± std over slices)\n\n{summary_markdown(table)}")
-    os.replace(tmp, md_path)
+    write_text_atomic(md_path, f"# {stage} metrics (mean ± std over slices)\n\n{summary_markdown(table)}")
     return csv_path, md_path
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import astuple, dataclass, fields
 from os import PathLike
@@ -21,6 +19,7 @@ import pandas as pd
 
 from metamri.errors import DataFileError
 from metamri.metrics.image import nmse, psnr, ssim
+from metamri.utils.io import write_atomic
 
 #: Metric columns, in order; ``lpips`` may be missing (None).
 METRICS = ("psnr", "ssim", "lpips", "nmse")
@@ -167,24 +166,14 @@ class MetricTable:
         Floats are written with ``repr`` so :meth:`from_csv` reads them back exactly;
         ``None`` is an empty cell.
         """
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".metrics-", suffix=".csv.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", newline="") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(COLUMNS)
-                for row in self._rows:
-                    writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v
-                                     for v in astuple(row)])
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        def write(fh) -> None:
+            writer = csv.writer(fh)
+            writer.writerow(COLUMNS)
+            for row in self._rows:
+                writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v
+                                 for v in astuple(row)])
+
+        write_atomic(path, write, newline="")
 
     @classmethod
     def from_csv(cls, path: str | PathLike[str]) -> MetricTable:

@@ -244,15 +244,21 @@ def test_ema_closed_form_and_swap():
         with torch.no_grad():
             p.copy_(v)
         ema.update()
-    # first update copies; then e <- 0.5 e + 0.5 w
-    want = 0.5 * (0.5 * values[0] + 0.5 * values[1]) + 0.5 * values[2]
-    torch.testing.assert_close(ema.shadow["w"], want, rtol=0, atol=0)
+    # first update copies; then e <- d_n e + (1 - d_n) w, d_n = min(0.5, (1 + n) / (10 + n))
+    d1, d2 = 2 / 11, 3 / 12
+    want = d2 * (d1 * values[0] + (1 - d1) * values[1]) + (1 - d2) * values[2]
+    torch.testing.assert_close(ema.shadow["w"], want, rtol=1e-6, atol=1e-6)
+    # the warm-up ends at the cap: (1 + n) / (10 + n) >= 0.5 from n = 8
+    assert [EMA([("w", p)], decay=0.5).current_decay()] == [0.0]
+    ema.num_updates = 8
+    assert ema.current_decay() == 0.5
+    ema.num_updates = 3
     with ema.average_parameters():
-        assert torch.equal(p.detach(), want)
+        assert torch.equal(p.detach(), ema.shadow["w"])
     assert torch.equal(p.detach(), values[2])
     state = ema.state_dict()
     other = EMA([("w", torch.nn.Parameter(torch.zeros(2)))], decay=0.9)
     other.load_state_dict(state)
-    assert other.decay == 0.5 and other.num_updates == 3 and torch.equal(other.shadow["w"], want)
+    assert other.decay == 0.5 and other.num_updates == 3 and torch.equal(other.shadow["w"], ema.shadow["w"])
     with pytest.raises(KeyError):
         EMA([("v", p)]).load_state_dict(state)

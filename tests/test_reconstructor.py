@@ -213,6 +213,7 @@ class _Data(L.LightningDataModule):
                           collate_fn=collate_images)
 
     val_dataloader = train_dataloader
+    test_dataloader = train_dataloader
 
     def train_metadata(self):
         return [s.metadata for s in self.samples]
@@ -243,3 +244,30 @@ def test_callback_logs_val_metrics_and_writes_csv(tmp_path):
                                                    ("f1.h5", "diffusion"), ("f1.h5", "zero_filled")]
     assert "| diffusion | 2 | 2 |" in (tmp_path / "reconstruction" / "val_step000001_summary.md").read_text()
     assert json.loads(json.dumps(float(trainer.callback_metrics["val/ssim"]))) <= 1.0
+
+
+def test_trainer_test_scores_the_whole_test_split(tmp_path):
+    """``trainer.test`` runs the module's test_step (fixed-noise loss) and the callback's test stage."""
+    samples = [make_sample(f"f{v}.h5", 0, seed=v) for v in range(4)]
+    cb = ReconstructionCallback(
+        FileMask(np.ones(SIZE, dtype=bool)),
+        sampler={"_target_": "metamri.sampling.dds.DecomposedDiffusionSampler", "num_steps": 3,
+                 "gamma": 100.0},
+        methods=("zero_filled", "diffusion"), every_n_val=0,
+    )
+    module = MetaDiffusionModule(unet=UNET, encoder=ENCODER)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[cb], default_root_dir=tmp_path)
+    (out,) = trainer.test(module, datamodule=_Data(samples))
+    table = MetricTable.from_csv(tmp_path / "reconstruction" / "test_metrics.csv")
+    assert sorted({r.fname for r in table}) == [f"f{v}.h5" for v in range(4)] and len(table) == 8
+    assert out["test/psnr"] == pytest.approx(np.mean([r.psnr for r in table if r.method == "diffusion"]))
+    assert out["test/psnr"] > 40
+    # the denoising loss of the test split, at the fixed validation timesteps and noise
+    module.eval()
+    with torch.no_grad():
+        per_sample = torch.cat([
+            module._loss_at_fixed_t(b.image, module.validation_noise(b), module.context(b.metadata))
+            for b in _Data(samples).test_dataloader()
+        ])
+    assert out["test/loss"] == pytest.approx(float(per_sample.mean()), rel=1e-5)

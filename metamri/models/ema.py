@@ -1,11 +1,18 @@
 """Exponential moving average of the trainable parameters.
 
-``W_ema <- decay * W_ema + (1 - decay) * W`` after every optimizer step, the first
-update copying ``W`` (as ``torch.optim.swa_utils.AveragedModel`` does, and as
-ContextMRI trained with decay 0.999).  The arithmetic is torch's own
-``get_ema_multi_avg_fn``; this class only keeps the averages of the parameters
-that train (LoRA adapters and the metadata encoder under LoRA, everything under
-full fine-tuning) rather than a deep copy of a frozen 300 M-parameter UNet.
+``W_ema <- d_n * W_ema + (1 - d_n) * W`` after the n-th optimizer step (n = 0, 1, ...),
+with the warm-up of diffusers' ``EMAModel`` (which ContextMRI trained with, decay 0.999)::
+
+    d_n = min(decay, (1 + n) / (10 + n))
+
+so the average starts as a copy (d_0 = 0.1 would be nearly one; n = 0 copies ``W``), follows
+the weights closely early on and only reaches ``decay`` after about 10 / (1 - decay) steps
+(~10,000 for 0.999).  Without the warm-up a short run's average is mostly the initial
+weights (0.999^300 = 0.74 of them after 300 steps), and sampling with it fails.
+
+This class only keeps the averages of the parameters that train (LoRA adapters and the
+metadata encoder under LoRA, everything under full fine-tuning) rather than a deep copy of
+a frozen 300 M-parameter UNet.
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
 class EMA:
@@ -25,7 +31,8 @@ class EMA:
     Args:
         named_parameters: ``(name, parameter)`` pairs to average, usually the
             trainable ones of a module (``(n, p) for n, p in m.named_parameters() if p.requires_grad``).
-        decay: In [0, 1); 0.999 averages over roughly the last 1000 steps.
+        decay: In [0, 1); the cap of the warmed-up decay (0.999 averages over roughly
+            the last 1000 steps once warmed up).
     """
 
     def __init__(self, named_parameters: Iterable[tuple[str, nn.Parameter]], decay: float = 0.999):
@@ -37,7 +44,11 @@ class EMA:
             n: p.detach().clone() for n, p in self.params.items()
         }
         self.num_updates = 0
-        self._avg = get_ema_multi_avg_fn(self.decay)
+
+    def current_decay(self) -> float:
+        """The decay the next :meth:`update` uses: ``min(decay, (1 + n) / (10 + n))``, n updates so far."""
+        n = self.num_updates
+        return 0.0 if n == 0 else min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
     def update(self) -> None:
@@ -50,10 +61,8 @@ class EMA:
             if self.shadow[n].device != p.device:
                 self.shadow[n] = self.shadow[n].to(p.device)
         shadows = [self.shadow[n] for n in names]
-        if self.num_updates == 0:
-            torch._foreach_copy_(shadows, current)
-        else:
-            self._avg(shadows, current, self.num_updates)
+        # shadow <- d shadow + (1 - d) w  ==  lerp(shadow, w, 1 - d); d = 0 copies
+        torch._foreach_lerp_(shadows, current, 1.0 - self.current_decay())
         self.num_updates += 1
 
     @contextlib.contextmanager
@@ -98,5 +107,4 @@ class EMA:
                 raise ValueError(f"EMA state {n}: shape {tuple(t.shape)} != parameter {tuple(p.shape)}")
             self.shadow[n] = t.to(device=p.device, dtype=p.dtype).clone()
         self.decay = float(state["decay"])
-        self._avg = get_ema_multi_avg_fn(self.decay)
         self.num_updates = int(state["num_updates"])

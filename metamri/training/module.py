@@ -358,14 +358,14 @@ class MetaDiffusionModule(L.LightningModule):
         self._ema_stack = contextlib.ExitStack()
         self._ema_stack.enter_context(self.ema_weights())
 
-    def on_validation_epoch_end(self) -> None:
+    def _log_domain_losses(self, stage: str) -> None:
         for domain, metric in self.val_domain_loss.items():
             # compute() on every rank (it syncs); NaN when no rank saw the domain.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
                 value = metric.compute()
             if torch.isfinite(value):
-                self.log(f"val/loss_{domain}", value)
+                self.log(f"{stage}/loss_{domain}", value)
             metric.reset()
         if self._ema_stack is not None:
             self._ema_stack.close()
@@ -392,12 +392,13 @@ class MetaDiffusionModule(L.LightningModule):
             losses.append((pred.float() - eps.float()).pow(2).mean(dim=(1, 2, 3)))
         return torch.stack(losses).mean(0)
 
-    def validation_step(self, batch: ImageBatch, batch_idx: int) -> torch.Tensor:
+    def _denoising_loss(self, batch: ImageBatch, stage: str) -> torch.Tensor:
+        """Loss at the fixed ``val_timesteps`` with fixed per-slice noise, logged as ``<stage>/loss``."""
         x0, b = batch.image, len(batch)
         eps = self.validation_noise(batch)
         per_sample = self._loss_at_fixed_t(x0, eps, self.context(batch.metadata))
         loss = per_sample.mean()
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=b)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=b)
         for domain in sorted(set(batch.domain) & set(self.val_domain_loss)):
             sel = torch.tensor([d == domain for d in batch.domain], device=per_sample.device)
             self.val_domain_loss[domain].update(per_sample[sel])
@@ -405,9 +406,25 @@ class MetaDiffusionModule(L.LightningModule):
             uncond = self._loss_at_fixed_t(
                 x0, eps, self.context(batch.metadata, self.encoder.drop_all(b))
             )
-            self.log("val/loss_uncond", uncond.mean(), sync_dist=True, batch_size=b)
+            self.log(f"{stage}/loss_uncond", uncond.mean(), sync_dist=True, batch_size=b)
         return loss
 
+    def validation_step(self, batch: ImageBatch, batch_idx: int) -> torch.Tensor:
+        return self._denoising_loss(batch, "val")
+
+    # Testing: the same fixed-noise loss on the test split (EMA weights); the reconstruction
+    # metrics of the test split come from ReconstructionCallback.on_test_epoch_end.
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    def test_step(self, batch: ImageBatch, batch_idx: int) -> torch.Tensor:
+        return self._denoising_loss(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_domain_losses("test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_domain_losses("val")
 
 def _is_omegaconf(v: Any) -> bool:
     try:

@@ -380,3 +380,14 @@ def test_non_finite_kspace_found_when_the_item_is_read(tmp_path, kspace):
     with pytest.raises(DataFileError) as err:
         vol[len(vol) - 1]  # slice 1, frame 2
     assert_names(err, vol.path, "kspace_full", "slice 1, frame 2", "non-finite")
+
+
+def test_cine_names_carry_the_patient(tmp_path):
+    """CMRxRecon repeats `cine_sax.mat` in every patient folder: the sample name must not."""
+    kspace = np.zeros((2, 1, 2, 4, 6), np.complex64)
+    names = []
+    for patient in ("P001", "P002"):
+        path = write_cmrxrecon_cine(dataset_tree(tmp_path, patient=patient) / "cine_sax.mat", kspace)
+        volume = CMRxReconCineFile(path)
+        names.append((volume.fname, volume[0].fname))
+    assert names == [("P001/cine_sax.mat",) * 2, ("P002/cine_sax.mat",) * 2]

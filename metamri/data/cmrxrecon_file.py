@@ -475,6 +475,12 @@ class CMRxReconCineFile(VolumeFile):
         return (self._raw_shape[4], self._raw_shape[3])
 
     @property
+    def fname(self) -> str:
+        """``<patient>/<file>`` (``P001/cine_sax.mat``): CMRxRecon repeats file names across
+        patients, so the name alone would merge patients in tables and repeat their masks."""
+        return f"{self.patient_id}/{self.path.name}"
+
+    @property
     def patient_id(self) -> str:
         return self.path.resolve().parent.name
 
@@ -498,7 +504,7 @@ class CMRxReconCineFile(VolumeFile):
         return KSpaceSlice(
             kspace=kspace,
             metadata=self._metadata.replace(slice=slice_index),
-            fname=self.path.name,
+            fname=self.fname,
             path=str(self.path),
             slice_index=slice_index,
             frame=frame,

@@ -282,7 +282,7 @@ class FastMRIBrainFile(VolumeFile):
         return KSpaceSlice(
             kspace=kspace,
             metadata=self._metadata.replace(slice=slice_index),
-            fname=self.path.name,
+            fname=self.fname,
             path=str(self.path),
             slice_index=slice_index,
             frame=None,

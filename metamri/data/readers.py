@@ -67,6 +67,12 @@ class VolumeFile(ABC):
         return self._path
 
     @property
+    def fname(self) -> str:
+        """The name that identifies the volume in samples, caches, metric tables and mask seeds:
+        the file name (fastMRI's names are unique across a dataset)."""
+        return self._path.name
+
+    @property
     @abstractmethod
     def raw_shape(self) -> tuple[int, ...]:
         """Shape of the k-space dataset as stored in the file."""

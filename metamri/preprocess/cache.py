@@ -65,7 +65,7 @@ from metamri.errors import DataFileError, MetadataError
 from metamri.metadata.record import Metadata
 
 #: Bumped whenever the layout or the preprocessing maths change (stale entries are recomputed).
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 TMP_SUFFIX = ".tmp"
 _DATASETS = ("image", "maps", "scale", "slice_index", "frame")
 _ATTRS = ("metadata", "domain", "patient_id", "fname", "format", "source", "params", "version")

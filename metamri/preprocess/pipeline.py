@@ -241,7 +241,7 @@ def preprocess_volume(
         metadata=volume.volume_metadata(),
         domain=volume.domain,
         patient_id=volume.patient_id,
-        fname=volume.path.name,
+        fname=volume.fname,
         format=fmt,
         source=source,
         params=params.cache_params(fmt),

@@ -1,0 +1,129 @@
+"""Assemble docs/phantom_results.md from the runs of experiments/phantom_table.sh.
+
+Reads ``<out>/eval_*/reconstruction/test_metrics.csv`` (per-slice PSNR/SSIM of each method),
+labels the diffusion rows by the prior that made them, and writes one table (mean ± std over
+slices) plus paired per-slice PSNR differences with 95% confidence intervals (Student t over
+slices; slices of one volume are not independent, so read the intervals as optimistic).
+
+    python experiments/phantom_table.py logs/phantom_table --steps 2000 --lr 5e-4 --ensemble 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from metamri.evaluation.run import summary_markdown
+from metamri.metrics.table import MetricTable
+from metamri.utils.io import write_text_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: eval run -> {method in its CSV: label in the table}
+RUNS = {
+    "eval_baselines": {"zero_filled": "zero-filled", "cs": "CS (L1-wavelet, BART pics)"},
+    "eval_unconditional": {"diffusion": "diffusion, unconditional prior"},
+    "eval_metadata_s0": {"diffusion": "diffusion, metadata prior, fields dropped (s = 0)"},
+    "eval_metadata": {"diffusion": "diffusion, metadata prior (additive, s = 1)"},
+}
+
+
+def load(out: Path) -> MetricTable:
+    table = MetricTable()
+    for run, labels in RUNS.items():
+        rows = MetricTable.from_csv(out / run / "reconstruction" / "test_metrics.csv").rows
+        table.extend(dataclasses.replace(r, method=labels[r.method]) for r in rows if r.method in labels)
+    return table
+
+
+def paired(table: MetricTable, a: str, b: str, metric: str = "psnr") -> str:
+    """``b - a`` per slice: mean, 95% t-interval, and how many slices ``b`` wins."""
+    frame = table.to_frame().pivot_table(index=["fname", "slice"], columns="method", values=metric)
+    diff = (frame[b] - frame[a]).dropna().to_numpy()
+    n = len(diff)
+    half = stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
+    return (f"| {b} − {a} | {diff.mean():+.2f} | [{diff.mean() - half:+.2f}, {diff.mean() + half:+.2f}] "
+            f"| {int((diff > 0).sum())} / {n} |")
+
+
+def final_losses(out: Path) -> list[str]:
+    lines = []
+    for exp in ("unconditional", "additive"):
+        path = out / f"train_{exp}" / "csv" / "metrics.csv"
+        if not path.exists():
+            continue
+        m = pd.read_csv(path)
+        loss = m["train/loss"].dropna().to_numpy()
+        val = m["val/loss"].dropna().to_numpy() if "val/loss" in m else np.array([])
+        k = max(1, len(loss) // 10)
+        line = (f"- `{exp}`: train/loss (mean of the first / last {k} logged values) "
+                f"{loss[:k].mean():.4f} -> {loss[-k:].mean():.4f}")
+        if len(val):
+            line += f"; val/loss (fixed t, fixed noise) {val[0]:.4f} -> {val[-1]:.4f}"
+        lines.append(line)
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path, help="the OUT directory of phantom_table.sh")
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--lr", required=True)
+    ap.add_argument("--ensemble", type=int, default=1)
+    ap.add_argument("--doc", type=Path, default=REPO / "docs" / "phantom_results.md")
+    args = ap.parse_args()
+    table = load(args.out)
+    labels = [label for labels in RUNS.values() for label in labels.values()]
+    uncond, s0, meta = labels[2], labels[3], labels[4]
+    text = "\n".join([
+        "# Phantom results: the brain test split at 4x",
+        "",
+        "Reproduce (about 30 min on 2 CPU cores):",
+        "",
+        "```bash",
+        f"STEPS={args.steps} LR={args.lr} ENSEMBLE={args.ensemble} METAMRI_ROOT=/tmp/pt bash experiments/phantom_table.sh",
+        "```",
+        "",
+        "Setup: the embedded phantom (64 x 64 MVUE images from 8-coil k-space, ESPIRiT maps, p99-normalised);",
+        "the brain test split (patient-level, split seed 0); a `uniform1d` mask at 4x with an 8% fully",
+        "sampled centre, seeded from the file name; metrics on magnitudes in normalised units",
+        "(docs/metrics.md). Diffusion: DDS, 100 steps, eta 0.8, 5 CG steps, gamma 5, "
+        f"K = {args.ensemble} sample(s) per slice. Priors: the `tiny` UNet (1.7M parameters) trained from",
+        f"scratch for {args.steps} steps (batch 4, AdamW lr {args.lr}, EMA with warm-up) on the phantom's",
+        "brain training split; `unconditional` has no encoder, `additive` the fine-grained metadata",
+        "tokens added to the MiniLM prompt tokens, with per-field CFG dropout.",
+        "",
+        "## Mean ± std over slices",
+        "",
+        summary_markdown(table).rstrip(),
+        "",
+        "LPIPS: n/a where the optional `lpips` package cannot load (it needs torchvision).",
+        "",
+        "## Paired per-slice PSNR differences (dB)",
+        "",
+        "| comparison | mean | 95% CI | slices improved |",
+        "|---|---:|---|---:|",
+        paired(table, uncond, meta),
+        paired(table, s0, meta),
+        paired(table, labels[0], meta),
+        paired(table, labels[1], meta),
+        "",
+        "## Training",
+        "",
+        *final_losses(args.out),
+        "",
+        "These are CPU-minute priors on a synthetic phantom: the numbers check that the pipeline works",
+        "end to end and compare methods under one protocol; they are not the paper's fastMRI figures.",
+        "",
+    ])
+    write_text_atomic(args.doc, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

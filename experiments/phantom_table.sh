@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The phantom results table (docs/phantom_results.md): the brain test split at 4x (uniform1d,
+# 8% centre), zero-filled and CS against diffusion priors trained briefly on the CPU:
+#   * an unconditional prior (+experiment=unconditional),
+#   * a metadata prior (+experiment=additive), sampled conditionally (s = 1) and with every
+#     field dropped (s = 0, the same network's unconditional branch).
+# Both priors: same seed, data, steps and learning rate. Knobs (environment):
+#   STEPS (2000), LR (5e-4; from scratch, not the paper's 5e-5 fine-tuning rate), ENSEMBLE (1),
+#   METAMRI_ROOT (.), PARALLEL (1: train the two priors side by side, one thread each).
+set -euo pipefail
+export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+PY=${PY:-python3}
+ROOT=${METAMRI_ROOT:-.}
+STEPS=${STEPS:-2000}
+LR=${LR:-5e-4}
+ENSEMBLE=${ENSEMBLE:-1}
+OUT="$ROOT/logs/phantom_table"
+mkdir -p "$OUT"
+
+echo "== baselines (also writes the phantom and the brain cache on first use)"
+$PY -m metamri.evaluate paths.root_dir="$ROOT" hydra.run.dir="$OUT/eval_baselines" 'methods=[zero_filled,cs]'
+
+train() {  # $1 = experiment
+  $PY -m metamri.train +experiment="$1" paths.root_dir="$ROOT" hydra.run.dir="$OUT/train_$1" \
+    trainer.max_steps="$STEPS" optimizer.lr="$LR" logger=csv "~callbacks.rich_progress_bar" \
+    trainer.enable_progress_bar=false \
+    > "$OUT/train_$1.log" 2>&1
+}
+echo "== train the unconditional and the metadata prior for $STEPS steps (logs in $OUT/train_*.log)"
+if [ "${PARALLEL:-1}" = 1 ]; then
+  OMP_NUM_THREADS=1 train unconditional & pid=$!
+  OMP_NUM_THREADS=1 train additive
+  wait "$pid"
+else
+  train unconditional
+  train additive
+fi
+
+diffusion() {  # $1 = label, $2 = experiment, then extra overrides
+  local label=$1 exp=$2; shift 2
+  $PY -m metamri.evaluate paths.root_dir="$ROOT" hydra.run.dir="$OUT/eval_$label" 'methods=[diffusion]' \
+    ckpt_path="$OUT/train_$exp/checkpoints/last.ckpt" ensemble="$ENSEMBLE" "$@"
+}
+echo "== posterior sampling (DDS, 100 steps, K = $ENSEMBLE)"
+diffusion unconditional unconditional
+diffusion metadata additive guidance_scale=1
+diffusion metadata_s0 additive guidance_scale=0
+
+$PY experiments/phantom_table.py "$OUT" --steps "$STEPS" --lr "$LR" --ensemble "$ENSEMBLE"

@@ -150,7 +150,7 @@ class ReconstructionCallback(Callback):
                 pl_module.log(f"{stage}/{metric}_{method}", value, sync_dist=False)
         if trainer.is_global_zero:
             tag = stage if stage == "test" else f"{stage}_step{trainer.global_step:06d}"
-            run_dir = Path(trainer.default_root_dir if trainer.log_dir is None else trainer.log_dir)
+            run_dir = Path(trainer.default_root_dir)  # the run directory (conf: ${paths.output_dir})
             csv_path, _ = write_outputs(out.table, run_dir / self.output_subdir, tag)
             log.info("%s reconstruction metrics (%d slices) -> %s\n%s", stage, out.n_slices,
                      csv_path, out.table.format_summary())

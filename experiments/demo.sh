@@ -6,7 +6,7 @@ set -euo pipefail
 export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PY=${PY:-python3}
 ROOT=${METAMRI_ROOT:-.}
-STEPS=${DEMO_STEPS:-300}
+STEPS=${DEMO_STEPS:-1000}
 
 echo "== 1. the phantom, written as fastMRI HDF5 and CMRxRecon v7.3"
 $PY -m metamri.phantom paths.root_dir="$ROOT"

@@ -29,9 +29,9 @@ def test_experiment_fast_dev_run(name, tiny_data, tmp_path: Path):
 
 def test_train_default_runs_and_checkpoints(tiny_data, tmp_path: Path):
     """The default (OOD + additive) trains two steps and saves a last checkpoint."""
-    from metamri.train import train
-
     from omegaconf import open_dict
+
+    from metamri.train import train
 
     cfg = compose_train(["trainer.max_steps=2"], tmp_path, tiny_data)
     with open_dict(cfg):

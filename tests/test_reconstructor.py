@@ -271,3 +271,25 @@ def test_trainer_test_scores_the_whole_test_split(tmp_path):
             for b in _Data(samples).test_dataloader()
         ])
     assert out["test/loss"] == pytest.approx(float(per_sample.mean()), rel=1e-5)
+
+
+def test_wandb_panels_are_visible_images(tmp_path, monkeypatch):
+    """The panels W&B stores are 0..255 images (a float [0, 1] panel was saved black)."""
+    from lightning.pytorch.loggers import WandbLogger
+    from PIL import Image
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    samples = [make_sample(f"f{v}.h5", 0, seed=v) for v in range(2)]
+    cb = ReconstructionCallback(FileMask(np.ones(SIZE, dtype=bool)), methods=("zero_filled",),
+                                every_n_val=0, n_panels=1)
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="metamri-test")
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=logger, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[cb], default_root_dir=tmp_path)
+    trainer.test(MetaDiffusionModule(unet=UNET, encoder=ENCODER), datamodule=_Data(samples))
+    logger.experiment.finish()
+    (png,) = (tmp_path / "wandb").rglob("media/images/test/*.png")
+    pixels = np.asarray(Image.open(png).convert("L"))
+    gt_tile = pixels[:, : pixels.shape[0]]
+    assert pixels.shape == (SIZE, 5 * SIZE)
+    assert gt_tile.max() == 255 and gt_tile.mean() > 20

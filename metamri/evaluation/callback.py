@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 from lightning.pytorch.callbacks import Callback
 
-from metamri.evaluation.panels import make_panel, panel_caption
+from metamri.evaluation.panels import make_panel, panel_caption, to_uint8
 from metamri.evaluation.reconstructor import METHODS, Reconstructor
 from metamri.evaluation.run import evaluate_split, method_means, write_outputs
 
@@ -163,11 +162,11 @@ class ReconstructionCallback(Callback):
         if not loggers:
             return
         method = self.primary_method()
-        panels = [make_panel(r, method) for r in out.results]
+        panels = [to_uint8(make_panel(r, method)) for r in out.results]
         captions = [panel_caption(r, method) for r in out.results]
         for lg in loggers:
             if panels:
-                lg.log_image(key=f"{stage}/reconstructions", images=[np.asarray(p) for p in panels],
+                lg.log_image(key=f"{stage}/reconstructions", images=panels,
                              caption=captions, step=trainer.global_step)
             lg.log_table(key=f"{stage}/per_slice_metrics", dataframe=out.table.to_frame(),
                          step=trainer.global_step)

@@ -28,6 +28,12 @@ def make_panel(result: SliceResult, method: str, error_gain: float = 5.0) -> np.
     return np.clip(np.concatenate(tiles, axis=1), 0.0, 1.0).astype(np.float32)
 
 
+def to_uint8(panel: np.ndarray) -> np.ndarray:
+    """A [0, 1] float panel as uint8 0..255 (image loggers read float arrays as 0..255 values,
+    which would make a [0, 1] panel black)."""
+    return np.round(255.0 * np.clip(panel, 0.0, 1.0)).astype(np.uint8)
+
+
 def panel_caption(result: SliceResult, method: str) -> str:
     """``"fname slice s [frame f]: gt | zero-filled | <method> | error x5 | std x5"``."""
     k = result.key

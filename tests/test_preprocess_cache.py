@@ -21,7 +21,7 @@ from metamri.data.cmrxrecon_file import write_cmrxrecon_cine
 from metamri.data.fastmri_file import write_fastmri_brain
 from metamri.data.ismrmrd_header import HeaderInfo, build_header
 from metamri.data.readers import open_volume
-from metamri.errors import DataFileError
+from metamri.errors import ConfigError, DataFileError
 from metamri.metadata.record import Metadata
 from metamri.physics.fft import fft2c_np
 from metamri.preprocess.cache import (
@@ -335,23 +335,53 @@ def test_rerun_on_an_up_to_date_cache_does_no_espirit_work(raw, tmp_path, monkey
     spy = CountingEstimators()
     monkeypatch.setattr(pipeline, "make_estimator", spy)
     first = preprocess_directory(root, tmp_path / "cache", progress=False)
-    assert spy.calls == first.items == 2 * SLICES + FRAMES * CINE_SLICES
+    assert first.items == 2 * SLICES + FRAMES * CINE_SLICES
+    espirit_calls = 2 * SLICES + CINE_SLICES  # cine: one ESPIRiT per slice (time-averaged k-space)
+    assert spy.calls == espirit_calls
     second = preprocess_directory(root, tmp_path / "cache", progress=False)
-    assert spy.calls == first.items and second.items == 0
+    assert spy.calls == espirit_calls and second.items == 0
     assert second.processed == [] and len(second.skipped) == 3
     # touching a file (new mtime, same bytes) does not invalidate it: the hash decides
     os.utime(root / "brain" / "file_brain_a.h5")
     assert len(preprocess_directory(root, tmp_path / "cache", progress=False).skipped) == 3
-    assert spy.calls == first.items
+    assert spy.calls == espirit_calls
     # the cine frame choice only invalidates the cardiac entry
     third = preprocess_directory(root, tmp_path / "cache", cardiac_frames=[0], progress=False)
-    assert [p.name for p in third.processed] == ["P001_sax.h5"] and spy.calls == first.items + CINE_SLICES
+    assert [p.name for p in third.processed] == ["P001_sax.h5"] and spy.calls == espirit_calls + CINE_SLICES
     # an ESPIRiT parameter invalidates everything; overwrite recomputes regardless
     fourth = preprocess_directory(root, tmp_path / "cache", crop=0.9, cardiac_frames=[0], progress=False)
     assert len(fourth.processed) == 3
     calls = spy.calls
     preprocess_directory(root, tmp_path / "cache", crop=0.9, cardiac_frames=[0], overwrite=True, progress=False)
     assert spy.calls == calls + 2 * SLICES + CINE_SLICES
+
+
+def test_cine_maps_time_average_vs_per_frame(raw, tmp_path, monkeypatch):
+    """Time-averaged maps: one ESPIRiT per slice, shared by its frames, and the MVUE still
+    equals the true image; per-frame maps: one ESPIRiT per (slice, frame)."""
+    root, truth = raw
+    cine_dir = root / "cine"
+    results = {}
+    for mode in ("time_average", "per_frame"):
+        spy = CountingEstimators()
+        monkeypatch.setattr(pipeline, "make_estimator", spy)
+        preprocess_directory(cine_dir, tmp_path / mode, cine_maps=mode, progress=False)
+        results[mode] = (read_entry(tmp_path / mode / "cardiac" / "P001_sax.h5"), spy.calls)
+    (avg, avg_calls), (per, per_calls) = results["time_average"], results["per_frame"]
+    assert (avg_calls, per_calls) == (CINE_SLICES, FRAMES * CINE_SLICES)
+    assert avg.params["cine_maps"] == "time_average" and per.params["cine_maps"] == "per_frame"
+    for s in range(CINE_SLICES):
+        rows = np.flatnonzero(avg.slice_index == s)
+        for r in rows[1:]:
+            np.testing.assert_array_equal(avg.maps[r], avg.maps[rows[0]])
+    for i, (s, t) in enumerate(zip(avg.slice_index, avg.frame, strict=True)):
+        true = np.abs(truth["cine"][t, s])
+        obj = true > 0.1
+        for entry in (avg, per):
+            est = np.abs(from_two_channel(entry.image[i]) * entry.scale[i])
+            assert np.linalg.norm(est[obj] - true[obj]) / np.linalg.norm(true[obj]) < 1e-3
+    with pytest.raises(ConfigError, match="cine_maps"):
+        preprocess_directory(cine_dir, tmp_path / "bad", cine_maps="average", progress=False)
 
 
 def test_run_interrupted_in_the_second_volume_resumes(raw, tmp_path, monkeypatch):
@@ -367,7 +397,7 @@ def test_run_interrupted_in_the_second_volume_resumes(raw, tmp_path, monkeypatch
     summary = preprocess_directory(root, cache, progress=False)
     assert [p.name for p in summary.skipped] == ["file_brain_a.h5"]
     assert [p.name for p in summary.processed] == ["file_brain_b.h5", "P001_sax.h5"]
-    assert spy.calls == SLICES + FRAMES * CINE_SLICES
+    assert spy.calls == SLICES + CINE_SLICES  # b, and the cine (one ESPIRiT per slice)
     for p in all_entries(cache):
         read_entry(p)
     assert not list(cache.rglob("*.tmp"))

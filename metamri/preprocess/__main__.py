@@ -8,7 +8,7 @@ Examples::
 
 Keys (``conf/preprocess.yaml``): ``input_dir`` (a directory, a file or a list),
 ``cache_dir``, ``espirit.{backend, calib_size, threshold, kernel_size, crop}``,
-``image_size``, ``cardiac_frames``, ``workers``, ``overwrite``, ``progress``.
+``image_size``, ``cardiac_frames``, ``cine_maps``, ``workers``, ``overwrite``, ``progress``.
 Prints a summary (processed / skipped / failed, with each failed file's error)
 and exits with status 1 if any volume failed.
 """
@@ -42,6 +42,7 @@ def run(cfg: DictConfig) -> int:
             crop=cfg.espirit.crop,
             image_size=size,
             cardiac_frames=frames,
+            cine_maps=cfg.get("cine_maps", "time_average"),
             workers=cfg.workers,
             overwrite=cfg.overwrite,
             progress=cfg.progress,

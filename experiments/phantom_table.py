@@ -5,7 +5,7 @@ labels the diffusion rows by the prior that made them, and writes one table (mea
 slices) plus paired per-slice PSNR differences with 95% confidence intervals (Student t over
 slices; slices of one volume are not independent, so read the intervals as optimistic).
 
-    python experiments/phantom_table.py logs/phantom_table --steps 2000 --lr 5e-4 --ensemble 1
+    python experiments/phantom_table.py logs/phantom_table --steps 2000 --lr 5e-4
 """
 
 from __future__ import annotations
@@ -24,20 +24,32 @@ from metamri.utils.io import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: eval run -> {method in its CSV: label in the table}
-RUNS = {
-    "eval_baselines": {"zero_filled": "zero-filled", "cs": "CS (L1-wavelet, BART pics)"},
-    "eval_unconditional": {"diffusion": "diffusion, unconditional prior"},
-    "eval_metadata_s0": {"diffusion": "diffusion, metadata prior, fields dropped (s = 0)"},
-    "eval_metadata": {"diffusion": "diffusion, metadata prior (additive, s = 1)"},
+BASELINES = {"zero_filled": "zero-filled", "cs": "CS (L1-wavelet, BART pics)"}
+#: eval run name (``eval_<name>_k<K>``) -> what its diffusion rows are
+PRIORS = {
+    "unconditional": "diffusion, unconditional prior",
+    "metadata_s0": "diffusion, metadata prior, fields dropped (s = 0)",
+    "metadata": "diffusion, metadata prior (additive, s = 1)",
 }
+
+
+def label(prior: str, k: int) -> str:
+    return f"{PRIORS[prior]}, K = {k}"
+
+
+def ensembles(out: Path) -> list[int]:
+    """The K values evaluated (from the ``eval_metadata_k<K>`` folders)."""
+    return sorted(int(p.name.rsplit("_k", 1)[1]) for p in out.glob("eval_metadata_k*"))
 
 
 def load(out: Path) -> MetricTable:
     table = MetricTable()
-    for run, labels in RUNS.items():
-        rows = MetricTable.from_csv(out / run / "reconstruction" / "test_metrics.csv").rows
-        table.extend(dataclasses.replace(r, method=labels[r.method]) for r in rows if r.method in labels)
+    rows = MetricTable.from_csv(out / "eval_baselines" / "reconstruction" / "test_metrics.csv").rows
+    table.extend(dataclasses.replace(r, method=BASELINES[r.method]) for r in rows if r.method in BASELINES)
+    for k in ensembles(out):
+        for prior in PRIORS:
+            rows = MetricTable.from_csv(out / f"eval_{prior}_k{k}" / "reconstruction" / "test_metrics.csv").rows
+            table.extend(dataclasses.replace(r, method=label(prior, k)) for r in rows if r.method == "diffusion")
     return table
 
 
@@ -74,26 +86,32 @@ def main() -> None:
     ap.add_argument("out", type=Path, help="the OUT directory of phantom_table.sh")
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--lr", required=True)
-    ap.add_argument("--ensemble", type=int, default=1)
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "phantom_results.md")
     args = ap.parse_args()
     table = load(args.out)
-    labels = [label for labels in RUNS.values() for label in labels.values()]
-    uncond, s0, meta = labels[2], labels[3], labels[4]
+    ks = ensembles(args.out)
+    comparisons = []
+    for k in ks:
+        meta = label("metadata", k)
+        comparisons += [paired(table, label("unconditional", k), meta), paired(table, label("metadata_s0", k), meta),
+                        paired(table, BASELINES["zero_filled"], meta), paired(table, BASELINES["cs"], meta)]
+    for prior in PRIORS:
+        comparisons += [paired(table, label(prior, ks[0]), label(prior, k)) for k in ks[1:]]
     text = "\n".join([
         "# Phantom results: the brain test split at 4x",
         "",
-        "Reproduce (about 30 min on 2 CPU cores):",
+        "Reproduce (about 45 min on 2 CPU cores):",
         "",
         "```bash",
-        f"STEPS={args.steps} LR={args.lr} ENSEMBLE={args.ensemble} METAMRI_ROOT=/tmp/pt bash experiments/phantom_table.sh",
+        f"STEPS={args.steps} LR={args.lr} ENSEMBLES=\"{' '.join(map(str, ks))}\" METAMRI_ROOT=/tmp/pt "
+        "bash experiments/phantom_table.sh",
         "```",
         "",
         "Setup: the embedded phantom (64 x 64 MVUE images from 8-coil k-space, ESPIRiT maps, p99-normalised);",
         "the brain test split (patient-level, split seed 0); a `uniform1d` mask at 4x with an 8% fully",
         "sampled centre, seeded from the file name; metrics on magnitudes in normalised units",
-        "(docs/metrics.md). Diffusion: DDS, 100 steps, eta 0.8, 5 CG steps, gamma 5, "
-        f"K = {args.ensemble} sample(s) per slice. Priors: the `tiny` UNet (1.7M parameters) trained from",
+        "(docs/metrics.md). Diffusion: DDS, 100 steps, eta 0.8, 5 CG steps, gamma 5; K samples per",
+        "slice, their complex mean scored. Priors: the `tiny` UNet (1.7M parameters) trained from",
         f"scratch for {args.steps} steps (batch 4, AdamW lr {args.lr}, EMA with warm-up) on the phantom's",
         "brain training split; `unconditional` has no encoder, `additive` the fine-grained metadata",
         "tokens added to the MiniLM prompt tokens, with per-field CFG dropout.",
@@ -106,12 +124,12 @@ def main() -> None:
         "",
         "## Paired per-slice PSNR differences (dB)",
         "",
+        "95% CI: Student t over slices; slices of one volume are not independent "
+        f"({len({r.fname for r in table})} test volumes here), so read the intervals as optimistic.",
+        "",
         "| comparison | mean | 95% CI | slices improved |",
         "|---|---:|---|---:|",
-        paired(table, uncond, meta),
-        paired(table, s0, meta),
-        paired(table, labels[0], meta),
-        paired(table, labels[1], meta),
+        *comparisons,
         "",
         "## Training",
         "",

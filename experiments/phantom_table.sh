@@ -5,22 +5,31 @@
 #   * a metadata prior (+experiment=additive), sampled conditionally (s = 1) and with every
 #     field dropped (s = 0, the same network's unconditional branch).
 # Both priors: same seed, data, steps and learning rate. Knobs (environment):
-#   STEPS (2000), LR (5e-4; from scratch, not the paper's 5e-5 fine-tuning rate), ENSEMBLE (1),
-#   METAMRI_ROOT (.), PARALLEL (1: train the two priors side by side, one thread each).
+#   STEPS (2000), LR (5e-4; from scratch, not the paper's 5e-5 fine-tuning rate),
+#   ENSEMBLES ("1 5": the sample counts K evaluated), METAMRI_ROOT (.),
+#   PARALLEL (1: train the two priors side by side, one thread each).
+# A prior whose last.ckpt exists is not retrained, and an evaluation whose CSV exists is not
+# rerun (delete $OUT, or set RETRAIN=1, to start over).
 set -euo pipefail
 export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PY=${PY:-python3}
 ROOT=${METAMRI_ROOT:-.}
 STEPS=${STEPS:-2000}
 LR=${LR:-5e-4}
-ENSEMBLE=${ENSEMBLE:-1}
+ENSEMBLES=${ENSEMBLES:-1 5}
 OUT="$ROOT/logs/phantom_table"
 mkdir -p "$OUT"
+done_eval() { [ "${RETRAIN:-0}" != 1 ] && [ -f "$OUT/$1/reconstruction/test_metrics.csv" ]; }
 
 echo "== baselines (also writes the phantom and the brain cache on first use)"
-$PY -m metamri.evaluate paths.root_dir="$ROOT" hydra.run.dir="$OUT/eval_baselines" 'methods=[zero_filled,cs]'
+done_eval eval_baselines ||
+  $PY -m metamri.evaluate paths.root_dir="$ROOT" hydra.run.dir="$OUT/eval_baselines" 'methods=[zero_filled,cs]'
 
 train() {  # $1 = experiment
+  if [ "${RETRAIN:-0}" != 1 ] && [ -f "$OUT/train_$1/checkpoints/last.ckpt" ]; then
+    echo "   $1: $OUT/train_$1/checkpoints/last.ckpt exists, not retrained"; return 0
+  fi
+  rm -rf "$OUT/train_$1"
   $PY -m metamri.train +experiment="$1" paths.root_dir="$ROOT" hydra.run.dir="$OUT/train_$1" \
     trainer.max_steps="$STEPS" optimizer.lr="$LR" logger=csv "~callbacks.rich_progress_bar" \
     trainer.enable_progress_bar=false \
@@ -36,14 +45,17 @@ else
   train additive
 fi
 
-diffusion() {  # $1 = label, $2 = experiment, then extra overrides
-  local label=$1 exp=$2; shift 2
-  $PY -m metamri.evaluate paths.root_dir="$ROOT" hydra.run.dir="$OUT/eval_$label" 'methods=[diffusion]' \
-    ckpt_path="$OUT/train_$exp/checkpoints/last.ckpt" ensemble="$ENSEMBLE" "$@"
+diffusion() {  # $1 = label, $2 = experiment, $3 = K, then extra overrides
+  local label=$1 exp=$2 k=$3; shift 3
+  done_eval "eval_${label}_k$k" && return 0
+  $PY -m metamri.evaluate paths.root_dir="$ROOT" hydra.run.dir="$OUT/eval_${label}_k$k" \
+    'methods=[diffusion]' ckpt_path="$OUT/train_$exp/checkpoints/last.ckpt" ensemble="$k" "$@"
 }
-echo "== posterior sampling (DDS, 100 steps, K = $ENSEMBLE)"
-diffusion unconditional unconditional
-diffusion metadata additive guidance_scale=1
-diffusion metadata_s0 additive guidance_scale=0
+for k in $ENSEMBLES; do
+  echo "== posterior sampling (DDS, 100 steps, K = $k)"
+  diffusion unconditional unconditional "$k"
+  diffusion metadata additive "$k" guidance_scale=1
+  diffusion metadata_s0 additive "$k" guidance_scale=0
+done
 
-$PY experiments/phantom_table.py "$OUT" --steps "$STEPS" --lr "$LR" --ensemble "$ENSEMBLE"
+$PY experiments/phantom_table.py "$OUT" --steps "$STEPS" --lr "$LR"

@@ -5,8 +5,8 @@ with the warm-up of diffusers' ``EMAModel`` (which ContextMRI trained with, deca
 
     d_n = min(decay, (1 + n) / (10 + n))
 
-so the average starts as a copy (d_0 = 0.1 would be nearly one; n = 0 copies ``W``), follows
-the weights closely early on and only reaches ``decay`` after about 10 / (1 - decay) steps
+except that the first update (n = 0) copies ``W``; then d_1 = 2/11, d_2 = 3/12, ... The average
+follows the weights closely early on and reaches ``decay`` after about 10 / (1 - decay) steps
 (~10,000 for 0.999).  Without the warm-up a short run's average is mostly the initial
 weights (0.999^300 = 0.74 of them after 300 steps), and sampling with it fails.
 

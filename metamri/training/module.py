@@ -358,7 +358,8 @@ class MetaDiffusionModule(L.LightningModule):
         self._ema_stack = contextlib.ExitStack()
         self._ema_stack.enter_context(self.ema_weights())
 
-    def _log_domain_losses(self, stage: str) -> None:
+    def _end_eval_epoch(self, stage: str) -> None:
+        """Log ``<stage>/loss_<domain>`` (synced over ranks) and leave the EMA weights."""
         for domain, metric in self.val_domain_loss.items():
             # compute() on every rank (it syncs); NaN when no rank saw the domain.
             with warnings.catch_warnings():
@@ -421,10 +422,10 @@ class MetaDiffusionModule(L.LightningModule):
         return self._denoising_loss(batch, "test")
 
     def on_test_epoch_end(self) -> None:
-        self._log_domain_losses("test")
+        self._end_eval_epoch("test")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_domain_losses("val")
+        self._end_eval_epoch("val")
 
 def _is_omegaconf(v: Any) -> bool:
     try:

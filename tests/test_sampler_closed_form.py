@@ -305,7 +305,8 @@ def test_dds_monte_carlo_moments_default_settings():
     )
     assert mean_err < mean_tol
     assert abs(var_ratio - predicted) < var_tol
-    assert 1 - predicted > 2 * var_tol  # the test can tell DDIM's variance from the posterior's
+    # the measured variance is DDIM's discretised one, not the posterior's (ratio 1)
+    assert abs(var_ratio - 1) > var_tol
     # range(A^H): pulled to the data; with gamma = 5 only approximately (reported)
     residual = float((p.A @ x.mean(0) - p.y_vec).norm() / p.y_vec.norm())
     print(f"|A mean - y| / |y| = {residual:.3f}")

@@ -99,11 +99,12 @@ def input_files(inputs) -> list[Path]:
 def reconstruct_file(path: Path, out_dir: Path, reconstructor, mask_func, espirit: dict,
                      method: str) -> Path:
     """Reconstruct every slice of one file and write ``<out_dir>/<fname>``; see the module docstring."""
-    from metamri.data.readers import atomic_output, open_volume
+    from metamri.data.readers import open_volume
     from metamri.evaluation.reconstructor import SliceKey
     from metamri.preprocess.espirit import make_estimator
     from metamri.preprocess.mvue import crop_or_pad
     from metamri.recon.baselines import zero_filled
+    from metamri.utils.io import atomic_output
 
     volume = open_volume(path)
     slices, accel = [], None

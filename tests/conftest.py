@@ -70,3 +70,15 @@ def compose_train(overrides: list[str], root: Path, data: dict[str, Path]):
         cfg.logger.csv.save_dir = str(root / "run")
         cfg.callbacks = {}
     return cfg
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread: on tiny tensors the thread pool only adds overhead
+    (20x on a loaded 2-core box)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

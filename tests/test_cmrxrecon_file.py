@@ -20,6 +20,7 @@ from metamri.data.cmrxrecon_file import (
 )
 from metamri.data.readers import detect_format, open_volume
 from metamri.errors import DataFileError
+from tests.helpers import assert_names
 
 FRAMES, SLICES, COILS, KY, KX = 3, 2, 4, 24, 32
 
@@ -315,13 +316,6 @@ def test_write_is_atomic(tmp_path, kspace):
         write_cmrxrecon_cine(path, kspace, extra={"names": np.array(["a", "b"])})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["cine_sax.mat"]
-
-
-def assert_names(err: pytest.ExceptionInfo, path: Path, *words: str) -> None:
-    msg = str(err.value)
-    assert path.name in msg, msg
-    for word in words:
-        assert word in msg, (word, msg)
 
 
 def test_random_bytes(tmp_path):

@@ -20,6 +20,7 @@ from metamri.encoders import (
 )
 from metamri.errors import ConfigError
 from metamri.metadata import PAPER_FIELDS, Metadata
+from tests.helpers import write_tiny_bert
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 D = 16
@@ -32,27 +33,9 @@ CINE = Metadata(anatomy="heart", contrast="CINE", sequence="TrueFISP", slice=7, 
 RECORDS = [FLAIR, T1, CINE, FLAIR.replace(te=120, slice=12)]
 
 
-def _tiny_bert(path: Path) -> Path:
-    """A 2-layer, 32-wide BERT with a small vocabulary, saved as a HF folder."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", ":", ".", "brain", "heart",
-             "slice", "tr", "te", "ti", "flip", "angle", "sequence", "axflair", "axt1", "axt2",
-             "cine", "turbospinecho", "flash", "truefisp", *[str(i) for i in range(10)],
-             *[f"##{i}" for i in range(10)]]
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.txt").write_text("\n".join(words) + "\n")
-    BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    BertModel(cfg).save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory) -> Path:
-    return _tiny_bert(tmp_path_factory.mktemp("bert"))
+    return write_tiny_bert(tmp_path_factory.mktemp("bert"))
 
 
 @pytest.fixture()

@@ -19,6 +19,7 @@ from metamri.data.ismrmrd_header import HeaderInfo, build_header
 from metamri.data.readers import detect_format, open_volume
 from metamri.errors import DataFileError
 from metamri.physics.fft import center_crop, fft2c_np, ifft2c_np, rss
+from tests.helpers import assert_names
 
 SLICES, COILS, READOUT, PHASE = 2, 4, 64, 32
 RECON = (READOUT // 2, PHASE)
@@ -242,13 +243,6 @@ def test_writer_rejects_bad_shapes(tmp_path, kspace):
 
 
 # -- bad files -------------------------------------------------------------------------------------
-
-
-def assert_names(err: pytest.ExceptionInfo, path: Path, *words: str) -> None:
-    msg = str(err.value)
-    assert path.name in msg, msg
-    for word in words:
-        assert word in msg, (word, msg)
 
 
 def test_random_bytes(tmp_path):

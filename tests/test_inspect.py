@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,28 +16,10 @@ from metamri.data.fastmri_file import write_fastmri_brain
 from metamri.data.ismrmrd_header import HeaderInfo, build_header
 from metamri.inspect import main
 from metamri.metadata.schema import FIELD_NAMES
+from tests.helpers import AXFLAIR_HEADER
 
-# DESIGN.md's real AXFLAIR header (Siemens Aera, 1.494 T, 16 channels).
-AXFLAIR = HeaderInfo(
-    tr=9000.0,
-    te=86.0,
-    ti=2500.0,
-    flip_angle=150.0,
-    sequence_type="TurboSpinEcho",
-    echo_spacing=9.6,
-    field_strength=1.494,
-    vendor="SIEMENS",
-    model="Aera",
-    receiver_channels=16,
-    protocol_name="AX FLAIR_FBB",
-    encoded_matrix=(640, 264, 1),
-    encoded_fov_mm=(440.0, 181.43, 7.5),
-    recon_matrix=(320, 260, 1),
-    recon_fov_mm=(220.0, 178.75, 7.5),
-    ky_center=132,
-    ky_maximum=263,
-    num_slices=1,
-)
+# DESIGN.md's real AXFLAIR header, written as a one-slice file.
+AXFLAIR = dataclasses.replace(AXFLAIR_HEADER, recon_fov_mm=(220.0, 178.75, 7.5), ky_maximum=263, num_slices=1)
 # An AXT1 FLASH scan: fastMRI stores the placeholder TI 300 on it.
 AXT1_FLASH = HeaderInfo(
     tr=250.0,

@@ -10,28 +10,9 @@ from fastmri.data.mri_data import et_query
 
 from metamri.data.ismrmrd_header import HeaderInfo, build_header, parse_header
 from metamri.errors import DataFileError
+from tests.helpers import AXFLAIR_HEADER
 
-# The real AXFLAIR example of DESIGN.md, every HeaderInfo field set.
-AXFLAIR = HeaderInfo(
-    tr=9000.0,
-    te=86.0,
-    ti=2500.0,
-    flip_angle=150.0,
-    sequence_type="TurboSpinEcho",
-    echo_spacing=9.6,
-    field_strength=1.494,
-    vendor="SIEMENS",
-    model="Aera",
-    receiver_channels=16,
-    protocol_name="AX FLAIR_FBB",
-    encoded_matrix=(640, 264, 1),
-    encoded_fov_mm=(440.0, 181.43, 7.5),
-    recon_matrix=(320, 260, 1),
-    recon_fov_mm=(220.0, 178.75, 5.0),
-    ky_center=132,
-    ky_maximum=255,
-    num_slices=16,
-)
+AXFLAIR = AXFLAIR_HEADER  # the real example of DESIGN.md, every HeaderInfo field set
 
 # A header as the scanner converter writes it (hand-written, not by build_header).
 HANDWRITTEN = b"""<?xml version="1.0" encoding="utf-8"?>

@@ -34,13 +34,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "sampler"
 CTX_LEN, CTX_DIM = 4, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: torch's thread pool only adds overhead on a loaded 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: threads only add overhead
 
 
 def tiny_unet(seed: int = 0, size: int = 32):

@@ -60,13 +60,7 @@ AB = alphas_cumprod()  # float64 (1000,)
 CTX = torch.zeros(1, 1, 4, dtype=torch.float64)  # the Gaussian "network" ignores its context
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """8x8 tensors: torch's thread pool only adds overhead (20x on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: threads only add overhead
 
 
 class GaussianPrior:

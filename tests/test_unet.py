@@ -18,25 +18,9 @@ from metamri.models import (
     load_pretrained,
     unet_context_dim,
 )
+from tests.helpers import write_tiny_bert
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def _tiny_bert(path: Path) -> None:
-    """A 2-layer, 32-wide BERT with a 40-word vocabulary, saved as a HF folder."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", ":", ".", "brain", "heart",
-             "slice", "tr", "te", "ti", "flip", "angle", "sequence", "axflair", "axt1", "axt2",
-             "cine", "turbospinecho", "flash", "truefisp", *[str(i) for i in range(10)],
-             "##0", "##5", "##6", "##1", "##2", "##3"]
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.txt").write_text("\n".join(words) + "\n")
-    BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    BertModel(cfg).save_pretrained(path)
 
 
 def test_tiny_preset_shapes_and_size():
@@ -105,8 +89,8 @@ def test_pretrained_directory_round_trip(tmp_path):
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     unet.save_pretrained(tmp_path / "unet")
     sched.save_pretrained(tmp_path / "scheduler")
-    _tiny_bert(tmp_path / "text_encoder")
-    _tiny_bert(tmp_path / "tokenizer")
+    write_tiny_bert(tmp_path / "text_encoder")
+    write_tiny_bert(tmp_path / "tokenizer")
 
     loaded = load_pretrained(tmp_path)
     x, t, c = torch.randn(2, 2, 32, 32), torch.tensor([5, 700]), torch.randn(2, 4, 64)

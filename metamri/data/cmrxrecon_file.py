@@ -37,7 +37,6 @@ import numpy as np
 
 from metamri.data.readers import (
     VolumeFile,
-    atomic_output,
     open_hdf5,
     read_dataset,
     require_dataset,
@@ -45,6 +44,7 @@ from metamri.data.readers import (
 from metamri.data.sample import KSpaceSlice
 from metamri.errors import DataFileError, MetadataError
 from metamri.metadata.record import Metadata
+from metamri.utils.io import atomic_output
 
 KSPACE_FULL = "kspace_full"
 SIDECAR_NAME = "cine_info.csv"
@@ -328,6 +328,7 @@ class CMRxReconCineFile(VolumeFile):
 
     format = "cmrxrecon_cine"
     domain = "cardiac"
+    raw_axes = {"frame": 0, "slice": 1, "coil": 2}  # h5py order: (frames, slices, coils, ky, kx)
 
     def __init__(
         self,
@@ -448,22 +449,6 @@ class CMRxReconCineFile(VolumeFile):
     def sidecar(self) -> Path | None:
         """The sidecar table the metadata came from, if any."""
         return self._sidecar
-
-    @property
-    def raw_shape(self) -> tuple[int, ...]:
-        return self._raw_shape
-
-    @property
-    def num_slices(self) -> int:
-        return self._raw_shape[1]
-
-    @property
-    def num_frames(self) -> int:
-        return self._raw_shape[0]
-
-    @property
-    def num_coils(self) -> int:
-        return self._raw_shape[2]
 
     @property
     def kspace_shape(self) -> tuple[int, int, int]:

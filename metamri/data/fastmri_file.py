@@ -30,7 +30,6 @@ import numpy as np
 from metamri.data.ismrmrd_header import HeaderInfo, parse_header
 from metamri.data.readers import (
     VolumeFile,
-    atomic_output,
     attr_str,
     open_hdf5,
     read_dataset,
@@ -40,6 +39,7 @@ from metamri.data.sample import KSpaceSlice
 from metamri.errors import DataFileError, MetadataError
 from metamri.metadata.record import Metadata
 from metamri.metadata.rules import is_inversion_recovery
+from metamri.utils.io import atomic_output
 
 KSPACE = "kspace"
 RSS = "reconstruction_rss"
@@ -132,6 +132,7 @@ class FastMRIBrainFile(VolumeFile):
 
     format = "fastmri_brain"
     domain = "brain"
+    raw_axes = {"slice": 0, "coil": 1}  # (slices, coils, readout, phase)
 
     def __init__(self, path: str | PathLike[str]) -> None:
         super().__init__(path)
@@ -222,18 +223,6 @@ class FastMRIBrainFile(VolumeFile):
     def acquisition(self) -> str | None:
         """The ``acquisition`` attribute, kept as stored (unknown labels are not an error)."""
         return self._acquisition
-
-    @property
-    def raw_shape(self) -> tuple[int, ...]:
-        return self._raw_shape
-
-    @property
-    def num_slices(self) -> int:
-        return self._raw_shape[0]
-
-    @property
-    def num_coils(self) -> int:
-        return self._raw_shape[1]
 
     @property
     def kspace_shape(self) -> tuple[int, int, int]:

@@ -20,8 +20,6 @@ Formats (see ``DESIGN.md``):
 
 from __future__ import annotations
 
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,9 +52,12 @@ class VolumeFile(ABC):
 
     format: ClassVar[str]
     domain: ClassVar[str]
+    #: Where ``slice``, ``coil`` (and ``frame`` for cine) lie in the stored k-space array.
+    raw_axes: ClassVar[dict[str, int]]
 
     def __init__(self, path: str | PathLike[str]) -> None:
         self._path = Path(path)
+        self._raw_shape: tuple[int, ...] = ()
         #: (slice index, frame index or None) of every item, in item order.
         self._items: list[tuple[int, int | None]] = []
 
@@ -73,24 +74,29 @@ class VolumeFile(ABC):
         return self._path.name
 
     @property
-    @abstractmethod
-    def raw_shape(self) -> tuple[int, ...]:
-        """Shape of the k-space dataset as stored in the file."""
+    def item_keys(self) -> list[tuple[int, int | None]]:
+        """``(slice index, frame index or None)`` of every item, in item order."""
+        return list(self._items)
 
     @property
-    @abstractmethod
+    def raw_shape(self) -> tuple[int, ...]:
+        """Shape of the k-space dataset as stored in the file (read by the subclass's constructor)."""
+        return self._raw_shape
+
+    @property
     def num_slices(self) -> int:
         """Number of slices in the volume."""
+        return self._raw_shape[self.raw_axes["slice"]]
 
     @property
     def num_frames(self) -> int:
         """Number of cine frames in the file (1 for static data)."""
-        return 1
+        return self._raw_shape[self.raw_axes["frame"]] if "frame" in self.raw_axes else 1
 
     @property
-    @abstractmethod
     def num_coils(self) -> int:
         """Number of receive coils."""
+        return self._raw_shape[self.raw_axes["coil"]]
 
     @property
     @abstractmethod
@@ -263,22 +269,3 @@ def attr_str(value: Any) -> str | None:
     if isinstance(value, bytes | np.bytes_):
         value = bytes(value).decode("utf-8", errors="replace")
     return str(value)
-
-
-@contextmanager
-def atomic_output(path: str | PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it onto ``path`` only on success.
-
-    A failure inside the block removes the temporary file and leaves ``path`` as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -19,7 +19,7 @@ import pandas as pd
 
 from metamri.errors import DataFileError
 from metamri.metrics.image import nmse, psnr, ssim
-from metamri.utils.io import write_atomic
+from metamri.utils.io import atomic_output
 
 #: Metric columns, in order; ``lpips`` may be missing (None).
 METRICS = ("psnr", "ssim", "lpips", "nmse")
@@ -166,14 +166,12 @@ class MetricTable:
         Floats are written with ``repr`` so :meth:`from_csv` reads them back exactly;
         ``None`` is an empty cell.
         """
-        def write(fh) -> None:
+        with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(COLUMNS)
             for row in self._rows:
                 writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v
                                  for v in astuple(row)])
-
-        write_atomic(path, write, newline="")
 
     @classmethod
     def from_csv(cls, path: str | PathLike[str]) -> MetricTable:

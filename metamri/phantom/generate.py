@@ -38,7 +38,6 @@ import numpy as np
 from metamri.data.cmrxrecon_file import SIDECAR_NAME, write_cine_sidecar, write_cmrxrecon_cine
 from metamri.data.fastmri_file import write_fastmri_brain
 from metamri.data.ismrmrd_header import HeaderInfo, build_header
-from metamri.data.readers import atomic_output
 from metamri.errors import ConfigError
 from metamri.phantom.brain import BrainPhantom, BrainVolume, make_brain_phantom, render_brain_volume
 from metamri.phantom.cardiac import (
@@ -62,6 +61,7 @@ from metamri.phantom.protocols import (
     sample_cine_protocol,
     sample_field_strength,
 )
+from metamri.utils.io import atomic_output
 
 log = logging.getLogger(__name__)
 

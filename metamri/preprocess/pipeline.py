@@ -24,6 +24,7 @@ files holding a sampling mask fail with a clear error, and CMRxRecon
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import time
@@ -221,13 +222,9 @@ def preprocess_volume(
     size = params.image_size
     images, maps_out, scales, slices, frames = [], [], [], [], []
     shared_maps = fmt == "cmrxrecon_cine" and params.cine_maps == "time_average"
-    maps_of_slice = time_averaged_maps(volume, estimator) if shared_maps else {}
-    for i in range(len(volume)):
-        item = volume[i]
+    for item, maps in _items_with_maps(volume, estimator, shared_maps):
         where = f"slice {item.slice_index}" + ("" if item.frame is None else f", frame {item.frame}")
-        _check_fully_sampled(volume, item)
         try:
-            maps = maps_of_slice[item.slice_index] if shared_maps else estimator(item.kspace)
             image = mvue(item.kspace, maps)
         except (ValueError, RuntimeError) as err:
             raise DataFileError(volume.path, f"{where}: ESPIRiT/MVUE failed ({err})", field="kspace") from err
@@ -270,29 +267,31 @@ def _check_fully_sampled(volume: VolumeFile, item) -> None:
         )
 
 
-def time_averaged_maps(volume: VolumeFile, estimator: EspiritEstimator) -> dict[int, np.ndarray]:
-    """One set of coil maps per slice of a cine volume, from its k-space averaged over the
-    volume's (kept) frames: ``{slice index: complex (C, X, Y)}``.
+def _items_with_maps(volume: VolumeFile, estimator: EspiritEstimator, shared_maps: bool):
+    """Yield ``(item, coil maps)`` for every item of ``volume``, each item read once.
 
-    Averaging over the cardiac cycle keeps what the frames share (the coils' sensitivities,
-    the static anatomy) at a higher SNR; one ESPIRiT call per slice replaces one per frame.
+    With ``shared_maps`` (cine, ``cine_maps="time_average"``) the frames of a slice (consecutive
+    items) are read together and share one ESPIRiT estimate from their averaged k-space: the
+    coils do not move over the cardiac cycle, and one call per slice replaces one per frame.
+    Otherwise every item gets its own estimate.
     """
-    sums: dict[int, np.ndarray] = {}
-    counts: dict[int, int] = {}
-    for i in range(len(volume)):
-        item = volume[i]
-        _check_fully_sampled(volume, item)
-        k = item.kspace.astype(np.complex128)
-        sums[item.slice_index] = sums[item.slice_index] + k if item.slice_index in sums else k
-        counts[item.slice_index] = counts.get(item.slice_index, 0) + 1
-    out = {}
-    for s, total in sums.items():
+    keys = volume.item_keys
+    for _, group in itertools.groupby(range(len(volume)), key=lambda i: keys[i][0] if shared_maps else i):
+        items = [volume[i] for i in group]
+        for item in items:
+            _check_fully_sampled(volume, item)
         try:
-            out[s] = estimator((total / counts[s]).astype(np.complex64))
+            if shared_maps:
+                mean_k = np.mean([it.kspace for it in items], axis=0, dtype=np.complex128)
+                maps = [estimator(mean_k.astype(np.complex64))] * len(items)
+            else:
+                maps = [estimator(it.kspace) for it in items]
         except (ValueError, RuntimeError) as err:
-            raise DataFileError(volume.path, f"slice {s}: ESPIRiT on the time-averaged k-space failed ({err})",
-                                field="kspace") from err
-    return out
+            first = items[0]
+            where = f"slice {first.slice_index}" + ("" if first.frame is None or shared_maps else f", frame {first.frame}")
+            what = " (time-averaged k-space)" if shared_maps else ""
+            raise DataFileError(volume.path, f"{where}: ESPIRiT/MVUE failed{what} ({err})", field="kspace") from err
+        yield from zip(items, maps, strict=True)
 
 
 def discover_sources(

@@ -1,8 +1,11 @@
-"""Atomic writes of small text files (run-directory JSON, markdown, CSV).
+"""Atomic file output: write to a temporary file beside the target, rename it over the target
+only when complete (:func:`os.replace`), so a reader or a rerun after a kill sees the old file
+or the whole new one, never half of it.
 
-A file is written to a temporary name in the same directory, flushed to disk, then
-renamed over the target with :func:`os.replace`, so a reader (or a rerun after a kill)
-sees either the old file or the complete new one, never half of it.
+:func:`atomic_output` serves any writer (h5py, MATLAB v7.3, CSV); the two helpers below are the
+small-text cases (run-directory JSON and markdown). The preprocessing cache has its own
+variant with a fixed ``<name>.tmp`` name, so an interrupted run's leftovers can be found and
+removed (:mod:`metamri.preprocess.cache`).
 """
 
 from __future__ import annotations
@@ -10,36 +13,37 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 
-def write_atomic(path: str | PathLike[str], write: Callable[[IO[str]], None], *, newline: str | None = None) -> Path:
-    """Call ``write(handle)`` on a temporary text file next to ``path``, then rename it to ``path``.
+@contextmanager
+def atomic_output(path: str | PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it onto ``path`` only on success.
 
-    Nothing is left behind if ``write`` raises (or the process is interrupted before the rename,
-    apart from a ``.<name>.*.tmp`` file that the next write of the same directory does not read).
+    A failure inside the block removes the temporary file and leaves ``path`` as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "w", newline=newline) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
 
 
 def write_text_atomic(path: str | PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` atomically."""
-    return write_atomic(path, lambda fh: fh.write(text))
+    """Write ``text`` to ``path`` atomically; returns ``path``."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def write_json_atomic(path: str | PathLike[str], obj: Any) -> Path:

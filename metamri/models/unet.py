@@ -1,6 +1,6 @@
 """The denoiser: a diffusers ``UNet2DConditionModel`` over 2-channel (real, imaginary) images.
 
-Two presets:
+Three presets:
 
 * ``tiny``: CPU-sized (about 1.5 M parameters) for tests and smoke runs; plain
   ResNet blocks at full resolution (no attention there), cross-attention at the
@@ -10,7 +10,10 @@ Two presets:
   192/384/576/768, 3 layers a block, 320 x 320 inputs, 768-dim context whose
   pooled tokens are also added to the time embedding, ``addition_embed_type="text"``).
 
-Both predict epsilon (Eq. 1 of the paper) for ``x_t`` of shape (B, 2, H, W)
+* ``contextmri_tiny``: the same layout at toy width (about 0.2 M parameters), what
+  :mod:`metamri.models.tiny_contextmri` saves as a stand-in for the released checkpoint.
+
+All predict epsilon (Eq. 1 of the paper) for ``x_t`` of shape (B, 2, H, W)
 float32 given the timestep (B,) int64 and context tokens (B, L, D), where
 ``D = unet_context_dim(unet)``.
 
@@ -89,7 +92,14 @@ CONTEXTMRI: dict[str, Any] = {
     "time_embedding_type": "positional",
 }
 
-PRESETS: dict[str, dict[str, Any]] = {"tiny": TINY, "contextmri": CONTEXTMRI}
+def _presets() -> dict[str, dict[str, Any]]:
+    from metamri.models.tiny_contextmri import TINY_CONTEXTMRI_UNET
+
+    return {"tiny": TINY, "contextmri": CONTEXTMRI, "contextmri_tiny": TINY_CONTEXTMRI_UNET}
+
+
+#: ``tiny``, ``contextmri`` and ``contextmri_tiny`` (ContextMRI's layout at toy width, for tests).
+PRESETS: dict[str, dict[str, Any]] = _presets()
 
 
 def preset_kwargs(preset: str | Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,131 @@
+"""A tiny, randomly initialised checkpoint laid out exactly as ContextMRI's release.
+
+``write_tiny_contextmri(path)`` saves, with ``save_pretrained`` and from local
+objects only (no hub)::
+
+    path/
+      unet/          UNet2DConditionModel, ContextMRI's architecture at toy width:
+                     SimpleCrossAttn blocks, addition_embed_type "text", encoder_hid_dim
+      scheduler/     DDPMScheduler (linear betas, T = 1000, epsilon)
+      text_encoder/  CLIPTextModel, 2 layers, 32 wide
+      tokenizer/     CLIPTokenizer over a byte-level vocabulary (every byte, no merges
+                     beyond a handful), written as vocab.json + merges.txt
+
+It is what tests (and a new user without the real weights) point
+``prior=...`` / ``model.pretrained=...`` at, so the code path is the one the
+released 318 M-parameter checkpoint takes.  From the command line::
+
+    python -m metamri.models.tiny_contextmri /tmp/tiny_contextmri
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: ContextMRI's UNet layout (see ``CONTEXTMRI`` in :mod:`metamri.models.unet`) at toy width.
+TINY_CONTEXTMRI_UNET: dict[str, Any] = {
+    "sample_size": 32,
+    "in_channels": 2,
+    "out_channels": 2,
+    "act_fn": "silu",
+    "block_out_channels": (16, 32),
+    "layers_per_block": 1,
+    "down_block_types": ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+    "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
+    "up_block_types": ("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+    "attention_head_dim": 8,
+    "cross_attention_dim": 32,
+    "cross_attention_norm": "group_norm",
+    "encoder_hid_dim": 32,
+    "addition_embed_type": "text",
+    "addition_embed_type_num_heads": 4,
+    "resnet_time_scale_shift": "scale_shift",
+    "resnet_skip_time_act": False,
+    "resnet_out_scale_factor": 1.0,
+    "mid_block_scale_factor": 1,
+    "downsample_padding": 1,
+    "norm_num_groups": 8,
+    "norm_eps": 1e-5,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "only_cross_attention": False,
+    "upcast_attention": False,
+    "use_linear_projection": False,
+    "time_embedding_type": "positional",
+}
+
+TEXT_WIDTH = 32
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
+def write_clip_tokenizer_files(path: Path) -> Path:
+    """``vocab.json`` and ``merges.txt`` of a byte-level CLIP BPE (every byte, alone and
+    word-final, plus the start/end tokens), then the tokenizer saved with ``save_pretrained``."""
+    from transformers import CLIPTokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars]
+    merges = ["t r</w>", "t e</w>", "t i</w>"]
+    tokens += [m.replace(" ", "") for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=77)
+    tok.save_pretrained(path)
+    return path
+
+
+def write_tiny_contextmri(path: str | Path, seed: int = 0) -> Path:
+    """Write the tiny ContextMRI-layout directory at ``path`` (see the module doc); returns it."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    tok_dir = write_clip_tokenizer_files(root / "tokenizer")
+    vocab_size = len(CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        UNet2DConditionModel(**TINY_CONTEXTMRI_UNET).save_pretrained(root / "unet")
+        text_cfg = CLIPTextConfig(
+            vocab_size=vocab_size, hidden_size=TEXT_WIDTH, intermediate_size=64,
+            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+            bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+        )
+        CLIPTextModel(text_cfg).save_pretrained(root / "text_encoder")
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon",
+                  clip_sample=False).save_pretrained(root / "scheduler")
+    (root / "model_index.json").write_text(json.dumps({
+        "_class_name": "MRIPipeline",
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+    }, indent=2))
+    return root
+
+
+if __name__ == "__main__":  # pragma: no cover - command-line convenience
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m metamri.models.tiny_contextmri OUT_DIR")
+    print(write_tiny_contextmri(sys.argv[1]))

@@ -1,0 +1,56 @@
+"""Load a diffusion prior, whatever form it comes in: ``load_prior(path)``.
+
+Two forms are first-class:
+
+* a Lightning checkpoint (``.ckpt``) written by ``metamri.train``: it rebuilds its
+  :class:`~metamri.training.module.MetaDiffusionModule` (UNet, encoder with its fitted
+  statistics, LoRA adapters, EMA) from what it stores;
+* a diffusers directory laid out as ContextMRI's release (``unet/``, ``scheduler/``,
+  ``text_encoder/``, ``tokenizer/``): scored as-is, the UNet, noise schedule, text
+  encoder and tokenizer all read from that one directory, the metadata turned into
+  the prompt ContextMRI was trained on.
+
+The evaluation and reconstruction CLIs call :func:`load_prior` with their
+``prior`` key.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+from pathlib import Path
+
+from metamri.errors import ConfigError
+
+
+def is_diffusers_dir(path: str | PathLike[str]) -> bool:
+    """Whether ``path`` is a directory with a ``unet/`` folder (a diffusers checkpoint)."""
+    p = Path(path)
+    return p.is_dir() and (p / "unet").is_dir()
+
+
+def load_prior(path: str | PathLike[str] | None, key: str = "prior"):
+    """The prior at ``path`` as a :class:`~metamri.training.module.MetaDiffusionModule`, in eval mode.
+
+    Args:
+        path: A ``.ckpt`` file of ``metamri.train`` or a diffusers directory.
+        key: Config key named in errors.
+    """
+    if not path:
+        raise ConfigError(key, path, "the diffusion method needs a prior",
+                          hint=f"pass {key}=/path/to/last.ckpt (or a diffusers directory), "
+                               "or methods=[zero_filled,cs]")
+    p = Path(str(path)).expanduser()
+    if p.is_dir():
+        if not is_diffusers_dir(p):
+            raise ConfigError(key, str(path), "a directory without unet/ is not a diffusers checkpoint")
+        return load_diffusers_prior(p)
+    if not p.is_file():
+        raise ConfigError(key, str(path), "no such checkpoint file or directory")
+    from metamri.training.module import MetaDiffusionModule
+
+    return MetaDiffusionModule.load_from_checkpoint(str(p), map_location="cpu").eval()
+
+
+def load_diffusers_prior(path: str | PathLike[str]):
+    """A ContextMRI-layout diffusers directory as a text-conditioned module (see the module doc)."""
+    raise NotImplementedError("filled in next")

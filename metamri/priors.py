@@ -51,6 +51,32 @@ def load_prior(path: str | PathLike[str] | None, key: str = "prior"):
     return MetaDiffusionModule.load_from_checkpoint(str(p), map_location="cpu").eval()
 
 
+def diffusers_prior_config(path: str | PathLike[str]) -> dict:
+    """The module configs that score the diffusers directory at ``path`` as-is.
+
+    UNet and noise schedule from ``path/unet`` and ``path/scheduler``; the metadata
+    encoder is the text encoder over ``path/text_encoder`` and ``path/tokenizer`` with
+    its identity projection (the UNet reads the text model's states unchanged) and the
+    ContextMRI prompt; no EMA (the directory holds the weights to sample with).
+    """
+    root = Path(path).expanduser()
+    missing = [d for d in ("unet", "scheduler", "text_encoder", "tokenizer") if not (root / d).is_dir()]
+    if missing:
+        raise ConfigError("prior", str(path), f"the diffusers directory lacks {', '.join(missing)}/",
+                          hint="a ContextMRI-layout prior holds unet/, scheduler/, text_encoder/ "
+                               "and tokenizer/")
+    return {
+        "unet": {"_target_": "metamri.models.unet.build_unet", "pretrained": str(root),
+                 "cross_attention_dim": None},
+        "scheduler": {"_target_": "metamri.models.scheduler.build_scheduler", "pretrained": str(root)},
+        "encoder": {"_target_": "metamri.encoders.text.TextEncoder", "fields": "paper",
+                    "path": str(root)},
+        "ema_decay": None,
+    }
+
+
 def load_diffusers_prior(path: str | PathLike[str]):
-    """A ContextMRI-layout diffusers directory as a text-conditioned module (see the module doc)."""
-    raise NotImplementedError("filled in next")
+    """A ContextMRI-layout diffusers directory as a text-conditioned module, in eval mode."""
+    from metamri.training.module import MetaDiffusionModule
+
+    return MetaDiffusionModule(**diffusers_prior_config(path)).eval()

@@ -113,3 +113,55 @@ def test_metadata_stats_are_fitted_on_the_training_split_only_and_saved(tiny_dat
     enc = FineGrainedEncoder(context_dim=8).fit(train)
     assert enc.get_extra_state()["numeric_ranges"] == saved["numeric_ranges"]
     assert enc.get_extra_state()["vocabulary"] == saved["vocabulary"]
+
+
+def test_training_reads_no_maps_and_eval_dataset_computes_them_once(tiny_data, tmp_path, monkeypatch):
+    """Training entries hold no coil maps; eval_dataset(load_maps=True) gives complex64 (C, H, W)
+    maps at the image's size for the items it serves, computing each ESPIRiT call once."""
+    import shutil
+
+    import h5py
+
+    import metamri.preprocess.pipeline as pipeline
+
+    cache = shutil.copytree(tiny_data["cache"], tmp_path / "cache")  # maps written here, not in the shared one
+    shutil.rmtree(cache / "brain" / "maps", ignore_errors=True)
+    shutil.rmtree(cache / "cardiac" / "maps", ignore_errors=True)
+    dm = SliceDataModule(
+        sources={"brain": str(tiny_data["raw"] / "brain"), "cardiac": str(tiny_data["raw"] / "cardiac")},
+        cache_dir=str(cache), split_fractions={"train": 0.5, "val": 0.25, "test": 0.25},
+    )
+    dm.setup()
+    for domain in ("brain", "cardiac"):
+        for e in dm.entries["train"][domain]:
+            with h5py.File(e.path) as f:
+                assert "maps" not in f
+    assert all(s.maps is None for s in dm.datasets["train"]["brain"])
+    calls = []
+    real = pipeline.compute_entry_maps
+    monkeypatch.setattr(pipeline, "compute_entry_maps", lambda index, rows: calls.append(len(rows)) or
+                        real(index, rows))
+    for domain, coils in (("brain", 4), ("cardiac", 4)):
+        ds = dm.eval_dataset("test", domain, load_maps=True)
+        assert len(ds) > 0
+        samples = [ds[i] for i in range(len(ds))]
+        for s in samples:
+            assert s.maps.shape == (coils, 32, 32) and s.maps.dtype == np.complex64
+            rss = np.sqrt((np.abs(s.maps) ** 2).sum(0))
+            inside = np.abs(s.image[0] + 1j * s.image[1]) > 0.2
+            assert np.allclose(rss[inside], 1, atol=0.05)  # ESPIRiT maps: unit RSS on the object
+        if domain == "cardiac":  # time-averaged cine maps: the frames of a slice share one estimate
+            by_slice: dict = {}
+            for s in samples:
+                by_slice.setdefault((s.fname, s.slice_index), []).append(s.maps)
+            assert any(len(v) > 1 for v in by_slice.values())
+            for maps in by_slice.values():
+                for m in maps[1:]:
+                    np.testing.assert_array_equal(m, maps[0])
+    n_calls = len(calls)
+    assert n_calls > 0
+    again = dm.eval_dataset("test", "brain", load_maps=True)
+    [again[i] for i in range(len(again))]
+    assert len(calls) == n_calls  # stored: no recomputation
+    with pytest.raises(ConfigError, match="config split = 'dev'"):
+        dm.eval_dataset("dev")

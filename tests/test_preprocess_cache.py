@@ -30,6 +30,8 @@ from metamri.preprocess.cache import (
     entry_name,
     is_up_to_date,
     read_entry,
+    read_index,
+    read_maps,
     remove_stale_tmp,
     source_info,
     write_entry,
@@ -134,7 +136,8 @@ class CountingEstimators:
 
 
 def all_entries(cache: Path) -> list[Path]:
-    return sorted(cache.rglob("*.h5"))
+    """The entries (``<cache>/<domain>/*.h5``), not the maps files under ``<domain>/maps/``."""
+    return sorted(cache.glob("*/*.h5"))
 
 
 # -- the file format ----------------------------------------------------------------------------
@@ -319,7 +322,7 @@ def test_preprocess_directory_writes_correct_entries(raw, tmp_path):
 
 def test_image_size_and_frames_are_applied(raw, tmp_path):
     root, _ = raw
-    preprocess_directory(root, tmp_path, image_size=[40, 24], cardiac_frames=1, progress=False)
+    preprocess_directory(root, tmp_path, image_size=[40, 24], cardiac_frames=1, allow_crop=True, progress=False)
     brain = read_entry(tmp_path / "brain" / "file_brain_b.h5")
     cine = read_entry(tmp_path / "cardiac" / "P001_sax.h5")
     assert brain.image.shape == (SLICES, 2, 40, 24) and brain.maps.shape == (SLICES, COILS, 40, 24)
@@ -362,13 +365,23 @@ def test_cine_maps_time_average_vs_per_frame(raw, tmp_path, monkeypatch):
     root, truth = raw
     cine_dir = root / "cine"
     results = {}
+    lazy_calls = {}
     for mode in ("time_average", "per_frame"):
         spy = CountingEstimators()
         monkeypatch.setattr(pipeline, "make_estimator", spy)
         preprocess_directory(cine_dir, tmp_path / mode, cine_maps=mode, progress=False)
-        results[mode] = (read_entry(tmp_path / mode / "cardiac" / "P001_sax.h5"), spy.calls)
+        calls = spy.calls
+        results[mode] = (read_entry(tmp_path / mode / "cardiac" / "P001_sax.h5"), calls)
+        lazy_calls[mode] = spy.calls - calls  # the maps, recomputed on first use
+        read_entry(tmp_path / mode / "cardiac" / "P001_sax.h5")  # now stored: no ESPIRiT
+        assert spy.calls == calls + lazy_calls[mode]
     (avg, avg_calls), (per, per_calls) = results["time_average"], results["per_frame"]
     assert (avg_calls, per_calls) == (CINE_SLICES, FRAMES * CINE_SLICES)
+    assert lazy_calls == {"time_average": CINE_SLICES, "per_frame": FRAMES * CINE_SLICES}
+    # one maps file per ESPIRiT call
+    assert [p.name for p in sorted((tmp_path / "time_average" / "cardiac" / "maps" / "P001_sax").iterdir())] == \
+        ["s0000.h5", "s0001.h5"]
+    assert len(list((tmp_path / "per_frame" / "cardiac" / "maps" / "P001_sax").iterdir())) == FRAMES * CINE_SLICES
     assert avg.params["cine_maps"] == "time_average" and per.params["cine_maps"] == "per_frame"
     for s in range(CINE_SLICES):
         rows = np.flatnonzero(avg.slice_index == s)
@@ -473,3 +486,154 @@ def test_params_validation():
         PreprocessParams(cardiac_frames="some")
     with pytest.raises(Exception, match="espirit.crop"):
         PreprocessParams(crop=2.0)
+
+
+# -- coil maps: not in the training entries, computed on first use for evaluation ------------------
+
+
+def test_pipeline_entries_hold_no_maps_and_maps_are_recomputed_exactly(raw, tmp_path, monkeypatch):
+    """Version 3: the entry stores images only; read_maps gives the ESPIRiT maps the MVUE was made
+    with (same backend and parameters, cropped like the image), computes each item once, and
+    stores them beside the entry."""
+    root, _ = raw
+    cache = tmp_path / "cache"
+    preprocess_directory(root / "brain", cache, espirit_backend="sigpy", calib_size=12, progress=False)
+    path = cache / "brain" / "file_brain_a.h5"
+    with h5py.File(path) as f:
+        assert "maps" not in f and int(f.attrs["version"]) == CACHE_VERSION == 3
+        assert set(f) == {"image", "scale", "slice_index", "frame"}
+    index = read_index(path)
+    assert not index.has_maps and index.image_size == (R, W) and len(index) == SLICES
+    assert read_entry(path, load_maps=False).maps is None
+    with pytest.raises(DataFileError, match=r"file_brain_a\.h5: maps: no coil maps stored for 1 item"):
+        read_maps(index, [1], compute=False)
+
+    spy = CountingEstimators()
+    monkeypatch.setattr(pipeline, "make_estimator", spy)
+    maps = read_maps(index, [1, 0])
+    assert maps.shape == (2, COILS, R, W) and maps.dtype == np.complex64 and spy.calls == SLICES
+    volume = open_volume(root / "brain" / "file_brain_a.h5")
+    entry = read_entry(path)  # load_maps=True: from the stored maps files, no ESPIRiT
+    assert spy.calls == SLICES
+    for s in range(SLICES):
+        k = volume[s].kspace
+        full = estimate_maps(k, backend="sigpy", calib_size=12)
+        np.testing.assert_array_equal(entry.maps[s], crop_or_pad(full, (R, W)))
+        # the cached image is the MVUE with exactly these maps
+        img = from_two_channel(entry.image[s]) * entry.scale[s]
+        np.testing.assert_allclose(img, crop_or_pad(mvue(k, full), (R, W)), atol=1e-5 * np.abs(img).max())
+    np.testing.assert_array_equal(maps[0], entry.maps[1])
+    assert sorted(p.name for p in (cache / "brain" / "maps" / "file_brain_a").iterdir()) == ["s0000.h5", "s0001.h5"]
+    assert not list(cache.rglob("*.tmp"))
+    # the maps files do not count as entries, and are not taken for raw files
+    assert [p.name for p in all_entries(cache)] == ["file_brain_a.h5", "file_brain_b.h5"]
+    assert len(preprocess_directory(root / "brain", cache, espirit_backend="sigpy", calib_size=12,
+                                    progress=False).skipped) == 2
+    # rewriting the entry (other parameters) deletes its maps; a stale maps file is not served
+    stale = cache / "brain" / "maps" / "file_brain_b" / "s0000.h5"
+    read_maps(read_index(cache / "brain" / "file_brain_b.h5"), [0])
+    assert stale.is_file()
+    preprocess_directory(root / "brain", cache, espirit_backend="sigpy", calib_size=12, crop=0.9, progress=False)
+    assert not (cache / "brain" / "maps" / "file_brain_a").exists() and not stale.exists()
+    calls = spy.calls
+    new = read_maps(read_index(path), [0])
+    assert spy.calls == calls + 1
+    np.testing.assert_array_equal(
+        new[0], crop_or_pad(estimate_maps(volume[0].kspace, backend="sigpy", calib_size=12, crop=0.9), (R, W)))
+
+
+def test_stale_maps_file_is_recomputed_not_served(raw, tmp_path):
+    root, _ = raw
+    cache = tmp_path / "cache"
+    preprocess_directory(root / "brain" / "file_brain_a.h5", cache, espirit_backend="sigpy", calib_size=12,
+                         progress=False)
+    index = read_index(cache / "brain" / "file_brain_a.h5")
+    good = read_maps(index, [0])[0]
+    mfile = cache / "brain" / "maps" / "file_brain_a" / "s0000.h5"
+    with h5py.File(mfile, "a") as f:  # as if written for another version of the entry
+        f["maps"][...] = 0
+        f.attrs["entry_params"] = json.dumps({"image_size": [1, 1]})
+    np.testing.assert_array_equal(read_maps(index, [0])[0], good)
+    mfile.write_bytes(b"truncated")  # unreadable: recomputed
+    np.testing.assert_array_equal(read_maps(index, [0])[0], good)
+
+
+def test_maps_need_the_unchanged_raw_file(raw, tmp_path):
+    root = copy_raw(raw, tmp_path / "raw")
+    cache = tmp_path / "cache"
+    preprocess_directory(root / "brain", cache, espirit_backend="sigpy", calib_size=12, progress=False)
+    a, b = (read_index(cache / "brain" / f"file_brain_{n}.h5") for n in "ab")
+    with open(root / "brain" / "file_brain_a.h5", "r+b") as fh:  # same size, new bytes and mtime
+        fh.seek(-8, os.SEEK_END)
+        fh.write(b"\x01" * 8)
+    with pytest.raises(DataFileError, match=r"file_brain_a\.h5: attrs/source: the raw file .*file_brain_a\.h5 "
+                                            r"changed since this entry was made"):
+        read_maps(a, [0])
+    (root / "brain" / "file_brain_b.h5").unlink()
+    with pytest.raises(DataFileError, match=r"file_brain_b\.h5: attrs/source = .*: coil maps are computed from "
+                                            r"the raw file on first use, and it is missing.*rerun"):
+        read_maps(b, [0])
+
+
+def test_entries_of_version_2_are_recomputed_without_maps(raw, tmp_path):
+    root = copy_raw(raw, tmp_path / "raw")
+    cache = tmp_path / "cache"
+    preprocess_directory(root / "brain", cache, progress=False)
+    old = make_entry(n=SLICES, c=COILS, h=R, w=W)
+    old.version = 2
+    src = root / "brain" / "file_brain_a.h5"
+    old.source = source_info(src)
+    old.params = read_entry(cache / "brain" / "file_brain_a.h5", load_maps=False).params
+    write_entry(cache / "brain" / "file_brain_a.h5", old)
+    assert not is_up_to_date(cache / "brain" / "file_brain_a.h5", src, old.params)
+    with pytest.raises(DataFileError, match="cache version 2, this code reads version 3"):
+        read_index(cache / "brain" / "file_brain_a.h5")
+    summary = preprocess_directory(root / "brain", cache, progress=False)
+    assert [p.name for p in summary.processed] == ["file_brain_a.h5"]
+    with h5py.File(cache / "brain" / "file_brain_a.h5") as f:
+        assert "maps" not in f and int(f.attrs["version"]) == 3
+
+
+def test_entries_written_with_maps_serve_their_own(tmp_path):
+    """Entries written by other tools with a ``maps`` dataset keep working, and need no raw file."""
+    entry = make_entry(n=3, c=2, h=8, w=6)
+    path = write_entry(tmp_path / "brain" / "x.h5", entry)
+    index = read_index(path)
+    assert index.has_maps
+    np.testing.assert_array_equal(read_maps(index, [2, 0]), entry.maps[[2, 0]])
+    no_maps = make_entry(n=3, c=2, h=8, w=6)
+    no_maps.maps = None
+    path = write_entry(tmp_path / "brain" / "y.h5", no_maps)
+    with h5py.File(path) as f:
+        assert "maps" not in f
+    with pytest.raises(DataFileError, match=r"y\.h5: attrs/source = '/x\.h5': coil maps are computed"):
+        read_entry(path)
+
+
+# -- no silent crop -----------------------------------------------------------------------------
+
+
+def test_image_size_smaller_than_the_recon_size_is_refused_before_any_work(raw, tmp_path, monkeypatch):
+    root, _ = raw
+    spy = CountingEstimators()
+    monkeypatch.setattr(pipeline, "make_estimator", spy)
+    with pytest.raises(ConfigError) as err:
+        preprocess_directory(root, tmp_path / "c", image_size=[40, 24], progress=False)
+    msg = str(err.value)
+    assert msg.startswith("config image_size = [40, 24]: smaller than the recon size 32 x 32 of "), msg
+    assert str(root / "brain" / "file_brain_a.h5") in msg and "(and 2 more of 3 files)" in msg
+    assert "set image_size=[40,32] (or null" in msg and "allow_crop=true" in msg
+    assert spy.calls == 0 and not list((tmp_path / "c").rglob("*.h5"))
+    with pytest.raises(ConfigError, match=r"config data\.preprocess\.image_size = \[16, 16\]: smaller than the "
+                                          r"recon size 32 x 32 of .*file_brain_a\.h5.*set data\.preprocess\."
+                                          r"image_size=32 "):
+        preprocess_directory(root / "brain", tmp_path / "c", image_size=16, config_prefix="data.preprocess.",
+                             progress=False)
+    # the same size, larger (padding) and null are fine
+    for size in (32, [40, 40], None):
+        preprocess_directory(root / "brain" / "file_brain_a.h5", tmp_path / f"ok{size}", image_size=size,
+                             progress=False)
+    # preprocess_volume refuses too
+    with pytest.raises(ConfigError, match="config image_size = \\[16, 16\\]: smaller than the recon size"):
+        pipeline.preprocess_volume(open_volume(root / "brain" / "file_brain_a.h5"), tmp_path / "v",
+                                   PreprocessParams(image_size=16))

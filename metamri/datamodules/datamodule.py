@@ -13,6 +13,18 @@ Lifecycle (Lightning calls these):
   train/val/test deterministically from ``split_seed`` and write the split to
   ``<output_dir>/splits.json``, and the metadata normalisation fitted on the
   training split to ``<output_dir>/metadata_stats.json``.
+
+Real data (``conf/data/fastmri_brain.yaml``, ``cmrxrecon.yaml``, ``fastmri_cmrxrecon.yaml``):
+the raw sources have no default (``???``), the phantom is off and every domain is
+brought to 320 x 320. An ``image_size`` smaller than a file's recon size is refused
+with a :class:`~metamri.errors.ConfigError` naming ``data.preprocess.image_size``
+(no silent crop), unless the domain is listed in ``data.preprocess.allow_crop``
+(the CMRxRecon presets list ``cardiac``: its 448-512-sample readout is centre-cropped
+to 320 on purpose). Training entries hold no coil maps; :meth:`eval_dataset` with
+``load_maps=True`` computes them for the items it serves, once
+(:mod:`metamri.preprocess.cache`, "Coil maps"). Every dataset of the module reads
+through one :class:`~metamri.datamodules.file_pool.FilePool`: at most
+``max_open_files`` open HDF5 files per process.
 """
 
 from __future__ import annotations
@@ -28,11 +40,13 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from metamri.data.batch import collate_images
 from metamri.datamodules.dataset import CachedSliceDataset, CacheEntry
+from metamri.datamodules.file_pool import FilePool
 from metamri.datamodules.ratio_sampler import RatioSampler
 from metamri.datamodules.splits import SPLITS, split_patients, write_splits
 from metamri.errors import ConfigError
 from metamri.metadata.normalization import NumericRanges, Vocabulary
 from metamri.metadata.record import Metadata
+from metamri.preprocess.cache import read_index
 from metamri.utils.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -71,8 +85,14 @@ class SliceDataModule(L.LightningDataModule):
         phantom: Keyword arguments of :func:`metamri.phantom.generate.generate_dataset`
             used when a raw directory is empty (``None``: an empty directory is an error).
         preprocess: Keyword arguments of the preprocessing run (ESPIRiT backend,
-            image size, cardiac frames, workers).
+            image size, cardiac frames, workers; see
+            :func:`~metamri.preprocess.pipeline.preprocess_directory`), plus
+            ``allow_crop``: ``false`` (default), ``true`` or a list of domains whose files
+            may be centre-cropped to ``image_size`` (otherwise a file whose recon size
+            exceeds ``image_size`` stops :meth:`prepare_data` with a ``ConfigError``).
         val_max_items: Cap on validation slices per domain (keeps CPU runs short).
+        max_open_files: Most cache files open at once per process (DataLoader worker),
+            least recently used closed first (:class:`FilePool`).
     """
 
     def __init__(
@@ -90,6 +110,7 @@ class SliceDataModule(L.LightningDataModule):
         phantom: Mapping[str, Any] | None = None,
         preprocess: Mapping[str, Any] | None = None,
         val_max_items: int | None = None,
+        max_open_files: int = 64,
     ) -> None:
         super().__init__()
         sources = {d: s for d, s in sources.items() if s is not None}  # `brain: null` disables a domain
@@ -110,7 +131,9 @@ class SliceDataModule(L.LightningDataModule):
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.phantom = dict(phantom) if phantom else None
         self.preprocess_kwargs = dict(preprocess or {})
+        self.allow_crop = _allow_crop(self.preprocess_kwargs.pop("allow_crop", False))
         self.val_max_items = val_max_items
+        self.pool = FilePool(max_open_files, key="data.max_open_files")
         self.splits: dict[str, dict[str, list[str]]] = {}
         self.entries: dict[str, dict[str, list[CacheEntry]]] = {}  # split -> domain -> entries
         self.datasets: dict[str, dict[str, CachedSliceDataset]] = {}
@@ -125,14 +148,17 @@ class SliceDataModule(L.LightningDataModule):
 
                 log.info("No raw %s files in %s: writing the phantom there", domain, src.raw_dir)
                 generate_domain(domain, src.raw_dir, **self.phantom)
-            preprocess_directory(src.raw_dir, self.cache_dir, **self.preprocess_kwargs)
+            preprocess_directory(
+                src.raw_dir, self.cache_dir, **self.preprocess_kwargs, allow_crop=domain in self.allow_crop,
+                config_prefix="data.preprocess.",
+            )
 
     def setup(self, stage: str | None = None) -> None:
         if self.entries:
             return
         self.entries = {s: {} for s in SPLITS}
         for domain, src in self.sources.items():
-            entries = [CacheEntry.read(p) for p in sorted(src.cache_dir.glob("*.h5"))]
+            entries = [read_index(p) for p in sorted(src.cache_dir.glob("*.h5"))]
             if not entries:
                 raise ConfigError(
                     "data.cache_dir", str(src.cache_dir), f"holds no {domain} cache entries",
@@ -144,7 +170,7 @@ class SliceDataModule(L.LightningDataModule):
                 keep = set(patients)
                 self.entries[split][domain] = [e for e in entries if e.patient_id in keep]
         self.datasets = {
-            split: {d: CachedSliceDataset(es, load_maps=False) for d, es in by_domain.items()}
+            split: {d: CachedSliceDataset(es, load_maps=False, pool=self.pool) for d, es in by_domain.items()}
             for split, by_domain in self.entries.items()
         }
         if self.output_dir is not None:
@@ -173,9 +199,17 @@ class SliceDataModule(L.LightningDataModule):
         }
 
     def eval_dataset(self, split: str, domain: str = "brain", *, load_maps: bool = True) -> CachedSliceDataset:
-        """A dataset of one split and domain with coil maps, for reconstruction."""
+        """A dataset of one split and domain, for reconstruction.
+
+        With ``load_maps`` its items carry coil maps, complex64 (C, H, W) at the image's
+        size: computed from the raw file (same ESPIRiT settings as the cached image) the
+        first time an item is read, then cached beside the entry (see "Coil maps" in
+        :mod:`metamri.preprocess.cache`), so only evaluated slices pay for them.
+        """
         self.setup()
-        return CachedSliceDataset(self.entries[split].get(domain, []), load_maps=load_maps)
+        if split not in self.entries:
+            raise ConfigError("split", split, f"choose one of {list(SPLITS)}")
+        return CachedSliceDataset(self.entries[split].get(domain, []), load_maps=load_maps, pool=self.pool)
 
     # -- loaders ---------------------------------------------------------------------------
     def _loader(self, dataset, *, shuffle: bool = False, sampler=None, batch_size: int) -> DataLoader:
@@ -211,6 +245,23 @@ class SliceDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
+
+
+def _allow_crop(value: Any) -> frozenset[str]:
+    """``data.preprocess.allow_crop`` -> the domains whose files may be cropped."""
+    if value is None or value is False:
+        return frozenset()
+    if value is True:
+        return frozenset(DOMAINS)
+    if isinstance(value, str):
+        value = [value]
+    try:
+        domains = frozenset(str(v) for v in value)
+    except TypeError:
+        raise ConfigError("data.preprocess.allow_crop", value, f"expected true, false or a list of {DOMAINS}") from None
+    if not domains <= set(DOMAINS):
+        raise ConfigError("data.preprocess.allow_crop", sorted(domains), f"domains must be in {DOMAINS}")
+    return domains
 
 
 def _has_raw_files(raw_dir: Path) -> bool:

@@ -6,10 +6,20 @@ Per item (slice, or slice x frame for cine) of a volume read through
 1. ``S = ESPIRiT(y)`` on the full (readout, phase) grid (:mod:`~metamri.preprocess.espirit`);
 2. ``x = MVUE(y, S)`` (:func:`~metamri.preprocess.mvue.mvue`);
 3. ``x`` and ``S`` are centre-cropped to the file's recon size (this removes the
-   2x readout oversampling of fastMRI brain: 640 x W -> 320 x 320), then, when
-   ``image_size`` is set, centre-cropped or zero-padded to it (so brain and
-   cardiac share one size);
-4. ``x / s`` with ``s`` the 99th percentile of ``|x|`` is stored as 2 channels.
+   2x readout oversampling of fastMRI brain and its varying phase width:
+   640 x 320..396 -> 320 x 320), then, when ``image_size`` is set, zero-padded to it
+   (so brain and cardiac, and volumes of different widths, share one size);
+4. ``x / s`` with ``s`` the 99th percentile of ``|x|`` is stored as 2 channels. The
+   maps ``S`` are not stored: evaluation gets them on first use
+   (:func:`compute_entry_maps`, "Coil maps" in :mod:`~metamri.preprocess.cache`).
+
+No silent crop: an ``image_size`` smaller than a file's recon size (in either
+axis) would cut the object out of every slice (the 64 px phantom default on real
+320 x 320 fastMRI data), so :func:`preprocess_directory` stops with a
+:class:`~metamri.errors.ConfigError` naming ``image_size``, its value, the file, its
+recon size and what to set, before any ESPIRiT work. Centre-cropping on purpose
+(CMRxRecon cine, whose readout of 448-512 samples is brought to 320 for the 1:5 OOD
+setting) takes ``allow_crop=True``. ``image_size=None`` keeps each file's recon size.
 
 :func:`preprocess_volume` writes one volume's entry (:mod:`~metamri.preprocess.cache`);
 :func:`preprocess_directory` finds raw files, skips up-to-date entries, runs the
@@ -40,12 +50,17 @@ import numpy as np
 from metamri.data.readers import VolumeFile, detect_format, open_volume
 from metamri.errors import ConfigError, DataFileError
 from metamri.preprocess.cache import (
+    EntryIndex,
     VolumeEntry,
+    canonical_params,
     entry_name,
     entry_path,
     is_up_to_date,
+    remove_maps,
     remove_stale_tmp,
+    shared_cine_maps,
     source_info,
+    source_matches,
     write_entry,
 )
 from metamri.preprocess.espirit import EspiritEstimator, make_estimator, resolve_backend
@@ -81,6 +96,9 @@ class PreprocessParams:
             ESPIRiT per slice from the k-space averaged over the kept frames; coils do not
             move over the cardiac cycle, and it is one ESPIRiT call per slice instead of
             one per frame) or ``"per_frame"`` (one per frame and slice).
+        allow_crop: Let ``image_size`` be smaller than a file's recon size (the images are
+            then centre-cropped); ``False`` refuses such a file (:func:`check_image_size`).
+            A guard, not part of an entry's content (left out of :meth:`cache_params`).
     """
 
     espirit_backend: str = "auto"
@@ -91,12 +109,14 @@ class PreprocessParams:
     image_size: tuple[int, int] | None = None
     cardiac_frames: str | int | tuple[int, ...] = "all"
     cine_maps: str = "time_average"
+    allow_crop: bool = False
 
     def __post_init__(self) -> None:
         if self.cine_maps not in CINE_MAPS:
             raise ConfigError("cine_maps", self.cine_maps, f"choose one of {list(CINE_MAPS)}")
         object.__setattr__(self, "image_size", _image_size(self.image_size))
         object.__setattr__(self, "cardiac_frames", _frames(self.cardiac_frames))
+        object.__setattr__(self, "allow_crop", bool(self.allow_crop))
         self.estimator()  # validates the ESPIRiT parameters (and the backend once resolved)
 
     def resolved(self) -> PreprocessParams:
@@ -128,6 +148,29 @@ class PreprocessParams:
             frames = self.cardiac_frames
             out["cardiac_frames"] = list(frames) if isinstance(frames, tuple) else frames
             out["cine_maps"] = self.cine_maps
+        return out
+
+    @classmethod
+    def from_cache_params(cls, fmt: str, params: dict[str, Any]) -> PreprocessParams:
+        """The parameters an entry of format ``fmt`` was made with, from its ``params`` record.
+
+        Raises:
+            ValueError: The record is incomplete, or this code would not write the same
+                record back (other ESPIRiT settings than the ones exposed here).
+        """
+        try:
+            esp = params["espirit"]
+            out = cls(
+                espirit_backend=str(esp["backend"]), calib_size=int(esp["calib_size"]),
+                threshold=float(esp["threshold"]), kernel_size=int(esp["kernel_size"]),
+                crop=float(esp["crop"]), image_size=params["image_size"],
+                cardiac_frames=params.get("cardiac_frames", "all"),
+                cine_maps=params.get("cine_maps", "time_average"),
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"incomplete preprocessing parameters (missing {err})") from None
+        if canonical_params(out.cache_params(fmt)) != canonical_params(params):
+            raise ValueError(f"this code would record {canonical_params(out.cache_params(fmt))}")
         return out
 
     def reader_kwargs(self, fmt: str) -> dict[str, Any]:
@@ -191,6 +234,65 @@ class PreprocessError(DataFileError):
 # -- one volume ---------------------------------------------------------------------------------
 
 
+def check_image_size(
+    volume: VolumeFile,
+    image_size: tuple[int, int] | None,
+    *,
+    allow_crop: bool = False,
+    key: str = "image_size",
+) -> None:
+    """Refuse an ``image_size`` that would centre-crop ``volume``'s images (no silent crop).
+
+    Args:
+        volume: An open raw volume (only its header is read: ``recon_size``).
+        image_size: The configured (H, W), or ``None`` (each file's recon size: never a crop).
+        allow_crop: Cropping is wanted: never raise.
+        key: The configuration key named in the error.
+
+    Raises:
+        ConfigError: ``image_size`` is smaller than the recon size in either axis.
+    """
+    oversized = [] if allow_crop else _oversized([volume], image_size)
+    if oversized:
+        _raise_oversized(oversized, image_size, key=key, prefix="")
+
+
+def _oversized(volumes: Sequence[VolumeFile], size: tuple[int, int] | None) -> list[tuple[Path, tuple[int, int]]]:
+    if size is None:
+        return []
+    out = []
+    for v in volumes:
+        rh, rw = v.recon_size
+        if rh > size[0] or rw > size[1]:
+            out.append((v.path, (int(rh), int(rw))))
+    return out
+
+
+def _raise_oversized(
+    oversized: list[tuple[Path, tuple[int, int]]], size: tuple[int, int] | None, *, key: str, prefix: str,
+    total: int | None = None,
+) -> None:
+    path, (rh, rw) = oversized[0]
+    assert size is not None
+    need_h = max(max(r[0] for _, r in oversized), size[0])
+    need_w = max(max(r[1] for _, r in oversized), size[1])
+    more = "" if len(oversized) == 1 else f" (and {len(oversized) - 1} more of {total or len(oversized)} files)"
+    suggest = str(need_h) if need_h == need_w else f"[{need_h},{need_w}]"
+    raise ConfigError(
+        key, list(size),
+        f"smaller than the recon size {rh} x {rw} of {path}{more}: every slice would be centre-cropped "
+        f"to {size[0]} x {size[1]}",
+        hint=f"set {prefix}image_size={suggest} (or null: each file's recon size; 320 for fastMRI brain), "
+             f"or {prefix}allow_crop=true to crop on purpose",
+    )
+
+
+def _fit(array: np.ndarray, recon_size: tuple[int, int], size: tuple[int, int] | None) -> np.ndarray:
+    """Centre-crop (..., readout, phase) to the recon size, then crop/pad to ``size``."""
+    array = crop_or_pad(array, recon_size)
+    return array if size is None else crop_or_pad(array, size)
+
+
 def preprocess_volume(
     volume: VolumeFile,
     cache_dir: str | PathLike[str],
@@ -199,6 +301,10 @@ def preprocess_volume(
     estimator: EspiritEstimator | None = None,
 ) -> Path:
     """Preprocess every item of ``volume`` and write its cache entry atomically.
+
+    The entry holds the images, not the coil maps (they are recomputed on first use
+    by evaluation, :func:`compute_entry_maps`); maps files of an earlier entry of the
+    same name are deleted.
 
     Args:
         volume: An open raw volume (:func:`metamri.data.readers.open_volume`);
@@ -211,29 +317,27 @@ def preprocess_volume(
         The entry's path.
 
     Raises:
+        ConfigError: ``params.image_size`` would crop the volume and ``params.allow_crop``
+            is false (:func:`check_image_size`).
         DataFileError: Undersampled data, an unreadable item, or an item whose
             ESPIRiT/MVUE fails (the message names the file and the item).
     """
     params = params.resolved()
+    check_image_size(volume, params.image_size, allow_crop=params.allow_crop)
     estimator = estimator or params.estimator()
     fmt = volume.format
     out = entry_path(cache_dir, volume.domain, entry_name(volume.path, fmt, volume.patient_id))
     source = source_info(volume.path)  # fingerprint before reading
-    size = params.image_size
-    images, maps_out, scales, slices, frames = [], [], [], [], []
-    shared_maps = fmt == "cmrxrecon_cine" and params.cine_maps == "time_average"
+    images, scales, slices, frames = [], [], [], []
+    shared_maps = shared_cine_maps(fmt, {"cine_maps": params.cine_maps})
     for item, maps in _items_with_maps(volume, estimator, shared_maps):
         where = f"slice {item.slice_index}" + ("" if item.frame is None else f", frame {item.frame}")
         try:
             image = mvue(item.kspace, maps)
         except (ValueError, RuntimeError) as err:
             raise DataFileError(volume.path, f"{where}: ESPIRiT/MVUE failed ({err})", field="kspace") from err
-        image, maps = crop_or_pad(image, item.recon_size), crop_or_pad(maps, item.recon_size)
-        if size is not None:
-            image, maps = crop_or_pad(image, size), crop_or_pad(maps, size)
-        image, scale = p99_normalize(image)
+        image, scale = p99_normalize(_fit(image, item.recon_size, params.image_size))
         images.append(to_two_channel(image))
-        maps_out.append(maps.astype(np.complex64))
         scales.append(scale)
         slices.append(item.slice_index)
         frames.append(-1 if item.frame is None else item.frame)
@@ -241,7 +345,7 @@ def preprocess_volume(
         raise DataFileError(volume.path, "the volume has no items (no slices or no frames)")
     entry = VolumeEntry(
         image=np.stack(images),
-        maps=np.stack(maps_out),
+        maps=None,
         scale=np.asarray(scales, np.float32),
         slice_index=np.asarray(slices, np.int32),
         frame=np.asarray(frames, np.int32),
@@ -253,7 +357,75 @@ def preprocess_volume(
         source=source,
         params=params.cache_params(fmt),
     )
-    return write_entry(out, entry)
+    written = write_entry(out, entry)
+    remove_maps(written)
+    return written
+
+
+def compute_entry_maps(index: EntryIndex, rows: Sequence[int]) -> dict[int, np.ndarray]:
+    """ESPIRiT maps of items ``rows`` of a cache entry, recomputed from its raw file.
+
+    The same code path as :func:`preprocess_volume` (reader, frame selection, ESPIRiT
+    estimator, time-averaged cine k-space, recon-size crop, ``image_size``), with the
+    parameters the entry records, so the maps are the ones its MVUE was made with.
+    Items sharing one ESPIRiT call (the frames of a cine slice) are estimated once.
+
+    Args:
+        index: The entry (:func:`metamri.preprocess.cache.read_index`).
+        rows: Item rows of the entry.
+
+    Returns:
+        ``{row: complex64 (C, H, W)}``, H x W the entry's image size.
+
+    Raises:
+        DataFileError: The raw file is missing or changed since the entry was made, its
+            items do not match the entry, the entry's parameters cannot be reproduced,
+            or ESPIRiT fails (the message names the entry and the raw file).
+    """
+    rows = sorted({int(r) for r in rows})
+    if not rows:
+        return {}
+    raw = index.source.get("path")
+    rerun = "rerun `python -m metamri.preprocess` on the raw files (or keep them where the cache expects them)"
+    if not raw or not Path(raw).is_file():
+        raise DataFileError(
+            index.path, f"coil maps are computed from the raw file on first use, and it is missing: {raw}",
+            field="attrs/source", value=raw, hint=rerun,
+        )
+    if not source_matches(index.source, raw):
+        raise DataFileError(
+            index.path, f"the raw file {raw} changed since this entry was made: its coil maps would not "
+            "match the cached images", field="attrs/source", hint=rerun,
+        )
+    try:
+        params = PreprocessParams.from_cache_params(index.format, index.params).resolved()
+    except ValueError as err:
+        raise DataFileError(index.path, f"cannot reproduce its preprocessing ({err})", field="attrs/params",
+                            hint=rerun + " with overwrite=true") from None
+    volume = open_volume(raw, **params.reader_kwargs(index.format))
+    estimator = params.estimator()
+    shared = shared_cine_maps(index.format, index.params)
+    keys = volume.item_keys
+    position = {key: i for i, key in enumerate(keys)}
+    out: dict[int, np.ndarray] = {}
+    done: dict[tuple[int, ...], np.ndarray] = {}
+    for r in rows:
+        s, t = int(index.slice_index[r]), int(index.frame[r])
+        pos = position.get((s, None if t < 0 else t))
+        if pos is None:
+            raise DataFileError(index.path, f"item {r} (slice {s}, frame {t}) is not in the raw file {raw}",
+                                field="slice_index", hint=rerun)
+        group = tuple(i for i, k in enumerate(keys) if k[0] == s) if shared else (pos,)
+        if group not in done:
+            items = [volume[i] for i in group]
+            maps = _estimate_group(volume, items, estimator, shared)
+            done[group] = _fit(maps, items[0].recon_size, params.image_size).astype(np.complex64)
+        maps = done[group]
+        if maps.shape[1:] != index.image_size:
+            raise DataFileError(index.path, f"recomputed maps are {maps.shape[1:]}, the images {index.image_size}",
+                                field="image", hint=rerun + " with overwrite=true")
+        out[r] = maps
+    return out
 
 
 # -- a directory --------------------------------------------------------------------------------
@@ -267,6 +439,24 @@ def _check_fully_sampled(volume: VolumeFile, item) -> None:
         )
 
 
+def _estimate_group(volume: VolumeFile, items: list, estimator: EspiritEstimator, shared: bool):
+    """ESPIRiT of a group of items: one estimate from the averaged k-space (``shared``, the
+    frames of a cine slice) or the single item's own; complex64 (coils, readout, phase)."""
+    for item in items:
+        _check_fully_sampled(volume, item)
+    try:
+        if shared:
+            mean_k = np.mean([it.kspace for it in items], axis=0, dtype=np.complex128)
+            return estimator(mean_k.astype(np.complex64))
+        (item,) = items
+        return estimator(item.kspace)
+    except (ValueError, RuntimeError) as err:
+        first = items[0]
+        where = f"slice {first.slice_index}" + ("" if first.frame is None or shared else f", frame {first.frame}")
+        what = " (time-averaged k-space)" if shared else ""
+        raise DataFileError(volume.path, f"{where}: ESPIRiT/MVUE failed{what} ({err})", field="kspace") from err
+
+
 def _items_with_maps(volume: VolumeFile, estimator: EspiritEstimator, shared_maps: bool):
     """Yield ``(item, coil maps)`` for every item of ``volume``, each item read once.
 
@@ -278,20 +468,9 @@ def _items_with_maps(volume: VolumeFile, estimator: EspiritEstimator, shared_map
     keys = volume.item_keys
     for _, group in itertools.groupby(range(len(volume)), key=lambda i: keys[i][0] if shared_maps else i):
         items = [volume[i] for i in group]
+        maps = _estimate_group(volume, items, estimator, shared_maps)
         for item in items:
-            _check_fully_sampled(volume, item)
-        try:
-            if shared_maps:
-                mean_k = np.mean([it.kspace for it in items], axis=0, dtype=np.complex128)
-                maps = [estimator(mean_k.astype(np.complex64))] * len(items)
-            else:
-                maps = [estimator(it.kspace) for it in items]
-        except (ValueError, RuntimeError) as err:
-            first = items[0]
-            where = f"slice {first.slice_index}" + ("" if first.frame is None or shared_maps else f", frame {first.frame}")
-            what = " (time-averaged k-space)" if shared_maps else ""
-            raise DataFileError(volume.path, f"{where}: ESPIRiT/MVUE failed{what} ({err})", field="kspace") from err
-        yield from zip(items, maps, strict=True)
+            yield item, maps
 
 
 def discover_sources(
@@ -350,10 +529,12 @@ def preprocess_directory(
     image_size: int | Sequence[int] | None = None,
     cardiac_frames: str | int | Sequence[int] = "all",
     cine_maps: str = "time_average",
+    allow_crop: bool = False,
     workers: int = 0,
     overwrite: bool = False,
     progress: bool = True,
     raise_on_failure: bool = True,
+    config_prefix: str = "",
 ) -> PreprocessSummary:
     """Bring the cache of every raw file under ``inputs`` up to date.
 
@@ -365,14 +546,23 @@ def preprocess_directory(
         image_size: Final (H, W) (an int for a square), ``None``: each file's recon size.
         cardiac_frames: Cine frames kept: ``"all"``, an index, or a list of indices.
         cine_maps: ``"time_average"`` (one ESPIRiT per cine slice) or ``"per_frame"``.
+        allow_crop: Centre-crop files whose recon size exceeds ``image_size``; ``False``
+            (default) raises a :class:`ConfigError` before any work (no silent crop).
         workers: Worker processes (over volumes); 0 runs inline.
         overwrite: Recompute entries even when up to date.
         progress: Show a progress bar (tqdm, on stderr).
         raise_on_failure: Raise :class:`PreprocessError` after the run if any
             volume failed (the command line reports instead).
+        config_prefix: Prefix of the keys named in configuration errors
+            (``"data.preprocess."`` from the data modules).
 
     Returns:
         The run's :class:`PreprocessSummary`.
+
+    Raises:
+        ConfigError: A bad parameter, or ``image_size`` smaller than some file's recon size
+            without ``allow_crop`` (names the key, the value, the first such file, its recon
+            size, how many files, and what to set).
     """
     start = time.perf_counter()
     if workers < 0:
@@ -380,7 +570,7 @@ def preprocess_directory(
     params = PreprocessParams(
         espirit_backend=espirit_backend, calib_size=calib_size, threshold=threshold,
         kernel_size=kernel_size, crop=crop, image_size=image_size, cardiac_frames=cardiac_frames,
-        cine_maps=cine_maps,
+        cine_maps=cine_maps, allow_crop=allow_crop,
     ).resolved()
     cache_dir = Path(cache_dir).expanduser()
     summary = PreprocessSummary(removed_tmp=len(remove_stale_tmp(cache_dir)))
@@ -388,7 +578,9 @@ def preprocess_directory(
     # plan: cheap header reads decide the entry name and whether it is up to date
     todo: list[tuple[Path, Path]] = []
     owners: dict[Path, Path] = {}
-    for src in discover_sources(inputs, exclude=[cache_dir]):
+    oversized: list[tuple[Path, tuple[int, int]]] = []
+    sources = discover_sources(inputs, exclude=[cache_dir])
+    for src in sources:
         try:
             fmt = detect_format(src)
             volume = open_volume(src, **params.reader_kwargs(fmt))
@@ -396,6 +588,8 @@ def preprocess_directory(
         except DataFileError as err:
             summary.failed.append((str(src), _one_line(err)))
             continue
+        if not params.allow_crop:
+            oversized += _oversized([volume], params.image_size)
         if out in owners:
             summary.failed.append((str(src), f"cache entry {out.name} is also made from {owners[out]}"))
             continue
@@ -404,6 +598,9 @@ def preprocess_directory(
             summary.skipped.append(out)
         else:
             todo.append((src, out))
+    if oversized:  # a configuration error: stop before any ESPIRiT work
+        _raise_oversized(oversized, params.image_size, key=f"{config_prefix}image_size", prefix=config_prefix,
+                         total=len(sources))
     log.info("%d volume(s) to preprocess, %d up to date", len(todo), len(summary.skipped))
 
     bar = _progress(len(todo), progress)

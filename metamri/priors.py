@@ -69,8 +69,8 @@ def diffusers_prior_config(path: str | PathLike[str]) -> dict:
         "unet": {"_target_": "metamri.models.unet.build_unet", "pretrained": str(root),
                  "cross_attention_dim": None},
         "scheduler": {"_target_": "metamri.models.scheduler.build_scheduler", "pretrained": str(root)},
-        "encoder": {"_target_": "metamri.encoders.text.TextEncoder", "fields": "paper",
-                    "path": str(root)},
+        "encoder": {"_target_": "metamri.encoders.text.TextEncoder", "fields": "contextmri",
+                    "prompt": "contextmri", "projection": "identity", "path": str(root)},
         "ema_decay": None,
     }
 

@@ -59,6 +59,34 @@ def test_joint_mode_drops_whole_samples():
     assert _within_4_sigma(rate, torch.tensor(0.1, dtype=torch.float64), N)
 
 
+ACQUISITION = ("sequence", "tr", "te", "ti", "flip_angle")
+
+
+def test_contextmri_dropout_empties_the_prompt_or_drops_the_acquisition_block():
+    """ContextMRI's training prompts: empty with p = 0.1, else the acquisition block kept with p = 0.5."""
+    d = instantiate(OmegaConf.load(CONF / "dropout" / "contextmri.yaml"))
+    fields = ("anatomy", "slice", "contrast", "pathology", *ACQUISITION)
+    drop = d.sample(N, fields, torch.Generator().manual_seed(3))
+    acq = torch.tensor([f in ACQUISITION for f in fields])
+    assert (drop[:, acq].all(1) | ~drop[:, acq].any(1)).all()  # the block goes as one
+    assert (drop[:, ~acq].all(1) | ~drop[:, ~acq].any(1)).all()
+    assert not (drop[:, ~acq].any(1) & ~drop[:, acq].all(1)).any()  # an empty prompt has no block
+    empty = drop.all(1).double().mean()
+    block_only = (drop[:, acq].all(1) & ~drop[:, ~acq].any(1)).double().mean()
+    kept = (~drop.any(1)).double().mean()
+    print(f"\ncontextmri: empty {empty:.4f} (0.1), block dropped {block_only:.4f} (0.45), "
+          f"everything kept {kept:.4f} (0.45)")
+    for measured, want in ((empty, 0.1), (block_only, 0.45), (kept, 0.45)):
+        assert _within_4_sigma(measured, torch.tensor(want, dtype=torch.float64), N)
+    torch.testing.assert_close(d.expected_rates(fields), torch.tensor(
+        [0.1] * 4 + [0.55] * 5, dtype=torch.float64))
+    assert _within_4_sigma(drop.double().mean(0), d.expected_rates(fields), N).all()
+    # a group's fields the encoder does not read are ignored; draws come from the generator given
+    assert d.sample(8, ("anatomy",), torch.Generator().manual_seed(0)).shape == (8, 1)
+    a, b = (d.sample(64, fields, torch.Generator().manual_seed(9)) for _ in range(2))
+    assert torch.equal(a, b)
+
+
 def test_generator_makes_masks_reproducible():
     d = FieldDropout(p=0.3, seed=5)
     a = d.sample(64, PAPER_FIELDS, torch.Generator().manual_seed(9))
@@ -82,9 +110,16 @@ def test_bad_configs_are_named():
         FieldDropout(p={"te": 0.1}).sample(4, ("te", "tr"))
     with pytest.raises(KeyError, match="echo_time"):
         FieldDropout(p={"echo_time": 0.1})
+    with pytest.raises(ConfigError, match="dropout.groups.acq"):
+        FieldDropout(groups={"acq": {"fields": ["te"]}})
+    with pytest.raises(ConfigError, match=r"dropout.groups.acq.p"):
+        FieldDropout(groups={"acq": {"fields": ["te"], "p": 2}})
+    with pytest.raises(KeyError, match="echo_time"):
+        FieldDropout(groups={"acq": {"fields": ["echo_time"], "p": 0.5}})
 
 
-@pytest.mark.parametrize("name,rate", [("independent", 1 - 0.9 * 0.9), ("joint", 0.1), ("none", 0.0)])
+@pytest.mark.parametrize("name,rate", [("independent", 1 - 0.9 * 0.9), ("joint", 0.1), ("none", 0.0),
+                                       ("contextmri", 0.1)])
 def test_dropout_group_files_instantiate(name, rate):
     d = instantiate(OmegaConf.load(CONF / "dropout" / f"{name}.yaml"))
     assert isinstance(d, FieldDropout)

@@ -105,6 +105,10 @@ def test_multilabel_field_is_the_mean_of_its_labels():
     i_n, i_l = enc.vocabulary.index("pathology", "normal"), enc.vocabulary.index("pathology", "lesion")
     torch.testing.assert_close(tok[0], (table[i_n] + table[i_l]) / 2, rtol=0, atol=1e-7)
     assert torch.equal(tok[1], table[i_l])
+    # repeated labels (ContextMRI's per-annotation lists) do not re-weight the mean
+    again = enc([Metadata(pathology=("lesion", "normal", "lesion"))])[0, 0]
+    torch.testing.assert_close(again, tok[0], rtol=0, atol=1e-7)
+    assert Metadata(pathology=("b", "a", "b")).pathology == ("b", "a", "b")  # order and repeats kept
 
 
 def test_state_dict_alone_rebuilds_the_fitted_encoder():
@@ -157,13 +161,22 @@ def test_per_field_learned_encoding():
 
 # -- text ---------------------------------------------------------------------------------
 def test_text_encoder_prompts_follow_the_drop_mask(bert_dir):
-    enc = TextEncoder(fields="paper", context_dim=D, path=bert_dir)
+    enc = TextEncoder(fields="paper", context_dim=D, path=bert_dir, projection="trainable", prompt="metamri")
     drop = torch.zeros(2, len(enc.fields), dtype=torch.bool)
     drop[0, enc.fields.index("te")] = True
     drop[1] = True
     p = enc.prompts([FLAIR, FLAIR], drop)
     assert p[0] == "brain, Slice 3, AXFLAIR, Sequence: TurboSpinEcho, TR: 9000, TI: 2500, Flip angle: 150"
     assert p[1] == ""
+    # the default style is ContextMRI's: its contrast names, and the acquisition block is
+    # all-or-nothing (dropping TE leaves the whole block out)
+    cmri = TextEncoder(fields="paper", context_dim=D, path=bert_dir, projection="trainable")
+    assert cmri.prompt_style == "contextmri"
+    assert cmri.prompts([FLAIR, FLAIR], drop) == ["brain, Slice 3, FLAIR", ""]
+    assert cmri.prompts([FLAIR]) == [
+        "brain, Slice 3, FLAIR, Sequence: TurboSpinEcho, TR: 9000, TE: 86, TI: 2500, Flip angle: 150"]
+    with pytest.raises(ConfigError, match="unknown prompt style"):
+        TextEncoder(context_dim=D, path=bert_dir, projection="trainable", prompt="clip")
     tok = enc([FLAIR, FLAIR, T1], torch.cat([drop, torch.zeros(1, len(enc.fields), dtype=torch.bool)]))
     assert tok.shape == (3, 77, D)
     full = enc([FLAIR])
@@ -172,7 +185,7 @@ def test_text_encoder_prompts_follow_the_drop_mask(bert_dir):
 
 
 def test_text_encoder_keeps_only_the_projection_in_its_state(bert_dir):
-    enc = TextEncoder(fields="paper", context_dim=D, path=bert_dir)
+    enc = TextEncoder(fields="paper", context_dim=D, path=bert_dir, projection="trainable")
     assert set(enc.state_dict()) == {"proj.weight", "proj.bias"}
     assert [n for n, _ in enc.named_parameters()] == ["proj.weight", "proj.bias"]
     assert all(not p.requires_grad for p in enc.backbone.parameters())
@@ -183,13 +196,30 @@ def test_text_encoder_keeps_only_the_projection_in_its_state(bert_dir):
 
 
 def test_text_projection_starts_as_identity_when_widths_match(bert_dir):
-    enc = TextEncoder(fields="paper", context_dim=32, path=bert_dir)  # hidden 32
+    enc = TextEncoder(fields="paper", context_dim=32, path=bert_dir)  # hidden 32, projection identity
     prompt = enc.prompts([FLAIR])
     assert torch.equal(enc([FLAIR]), enc.embed_prompts(prompt))
+    assert enc.projection == "identity" and not list(enc.parameters()) and not enc.state_dict()
+    trainable = TextEncoder(fields="paper", context_dim=32, path=bert_dir, projection="trainable")
+    assert torch.equal(trainable([FLAIR]), enc([FLAIR]))  # a trainable Linear that starts as the identity
+    assert [n for n, _ in trainable.named_parameters()] == ["proj.weight", "proj.bias"]
+
+
+def test_identity_projection_between_different_widths_is_an_error_naming_both(bert_dir):
+    with pytest.raises(ConfigError) as err:
+        TextEncoder(fields="paper", context_dim=D, path=bert_dir)
+    msg = str(err.value)
+    print(f"\n{msg}")
+    for word in ("encoder.projection", str(bert_dir), "bert", "width 32", f"width {D}", "trainable"):
+        assert word in msg, (word, msg)
+    with pytest.raises(ConfigError, match="unknown projection"):
+        TextEncoder(context_dim=32, path=bert_dir, projection="linear")
+    with pytest.raises(ConfigError, match=r"encoder\.text\.projection"):  # the fusion's text half
+        FusionEncoder(context_dim=D, mode="additive", text={"path": bert_dir})
 
 
 def test_real_minilm_distinguishes_prompts():
-    enc = TextEncoder(fields="paper", context_dim=D)  # all-MiniLM-L6-v2 from the wheel
+    enc = TextEncoder(fields="paper", context_dim=D, projection="trainable")  # MiniLM from the wheel
     assert enc.hidden_dim == 384 and enc.use_attention_mask
     states = enc.embed_prompts(enc.prompts([FLAIR, FLAIR.replace(te=120.0)]))
     diff = (states[0] - states[1]).abs().max().item()
@@ -200,7 +230,8 @@ def test_real_minilm_distinguishes_prompts():
 # -- fusion and unconditional -------------------------------------------------------------
 def test_additive_fusion_adds_the_summed_field_tokens_to_every_text_token(bert_dir):
     torch.manual_seed(0)
-    enc = FusionEncoder(fields="paper", context_dim=D, mode="additive", text={"path": bert_dir})
+    enc = FusionEncoder(fields="paper", context_dim=D, mode="additive",
+                        text={"path": bert_dir, "projection": "trainable"})
     enc.fit(RECORDS)
     drop = torch.zeros(2, len(enc.fields), dtype=torch.bool)
     drop[1, 2] = True
@@ -211,7 +242,8 @@ def test_additive_fusion_adds_the_summed_field_tokens_to_every_text_token(bert_d
 
 
 def test_concat_fusion_layout(bert_dir):
-    enc = FusionEncoder(fields="paper", context_dim=D, mode="concat", text={"path": bert_dir})
+    enc = FusionEncoder(fields="paper", context_dim=D, mode="concat",
+                        text={"path": bert_dir, "projection": "trainable"})
     enc.fit(RECORDS)
     out = enc([FLAIR, CINE])
     f = len(enc.fields)
@@ -238,8 +270,19 @@ def test_encoder_group_files_instantiate(bert_dir):
     for mode in ("additive", "concat"):
         cfg = OmegaConf.load(CONF / "encoder" / f"{mode}.yaml")
         cfg.text.path = str(bert_dir)
+        cfg.text.projection = "trainable"
         enc = instantiate(cfg, context_dim=D)
         assert isinstance(enc, FusionEncoder) and enc.mode == mode
         assert enc([FLAIR]).shape[-1] == D
-    text = instantiate(OmegaConf.load(CONF / "encoder" / "text.yaml"), path=str(bert_dir), context_dim=D)
+    text = instantiate(OmegaConf.load(CONF / "encoder" / "text.yaml"), path=str(bert_dir), context_dim=D,
+                       projection="trainable")
     assert isinstance(text, TextEncoder) and text.max_length == 77
+    assert text.prompt_style == "contextmri" and "pathology" in text.fields
+    # the text model and its projection come from the model group: one knob each, for every encoder
+    for name in ("text", "additive", "concat"):
+        raw = OmegaConf.to_container(OmegaConf.load(CONF / "encoder" / f"{name}.yaml"))
+        part = raw if name == "text" else raw["text"]
+        assert part["path"] == "${model.text_encoder}"
+        assert part["projection"] == "${oc.select:model.text_projection,identity}"
+    for model in CONF.glob("model/*.yaml"):
+        assert "text_encoder" in OmegaConf.load(model), model

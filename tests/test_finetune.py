@@ -109,10 +109,16 @@ def test_bad_lora_configs():
         LoraFinetune(rank=0)
     with pytest.raises((ConfigError, ValueError)):
         LoraFinetune(target_modules=["no_such_projection"]).apply(build_unet("tiny"))
+    with pytest.raises(ConfigError, match="auto"):
+        LoraFinetune(target_modules="everything")
 
 
 def test_finetune_group_files_instantiate():
     assert isinstance(instantiate(OmegaConf.load(CONF / "finetune" / "full.yaml")), FullFinetune)
     lora = instantiate(OmegaConf.load(CONF / "finetune" / "lora.yaml"))
     assert isinstance(lora, LoraFinetune)
-    assert (lora.rank, lora.alpha, lora.target_modules) == (4, 4.0, ["to_q", "to_k", "to_v", "to_out.0"])
+    assert (lora.rank, lora.alpha, lora.target_modules) == (4, 4.0, "auto")
+    explicit = LoraFinetune(target_modules=["to_k", "to_v"])  # an explicit list still works
+    unet = explicit.apply(build_unet("tiny"))
+    adapted = {n.rsplit(".lora_A", 1)[0].rsplit(".", 1)[-1] for n, _ in unet.named_parameters() if "lora_A" in n}
+    assert adapted == {"to_k", "to_v"} and explicit.resolved_targets == ["to_k", "to_v"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from metamri.data.batch import collate_images
 from metamri.data.sample import ImageSample
+from metamri.errors import ConfigError
 from metamri.metadata import Metadata
 from metamri.models import EMA, build_unet
 from metamri.training import MetaDiffusionModule
@@ -87,9 +89,17 @@ def _bert(tmp_path) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """ContextMRI's checkpoint layout at toy size (unet/, text_encoder/ CLIP 32 wide, tokenizer/, scheduler/)."""
+    from metamri.models.tiny_contextmri import write_tiny_contextmri
+
+    return write_tiny_contextmri(tmp_path_factory.mktemp("tiny_contextmri"))
+
+
 # -- checkpoints ----------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", ["lora_finegrained", "full_concat"])
-def test_checkpoint_alone_rebuilds_the_module(tmp_path, variant):
+@pytest.mark.parametrize("variant", ["lora_finegrained", "full_concat", "lora_concat_contextmri"])
+def test_checkpoint_alone_rebuilds_the_module(tmp_path, variant, tiny_dir):
     torch.manual_seed(0)
     unet = UNET
     if variant == "lora_finegrained":
@@ -98,10 +108,15 @@ def test_checkpoint_alone_rebuilds_the_module(tmp_path, variant):
         build_unet("tiny").save_pretrained(tmp_path / "pretrained" / "unet")
         unet = {**UNET, "pretrained": str(tmp_path / "pretrained")}
         encoder, finetune = FINEGRAINED, LORA
-    else:
+    elif variant == "full_concat":
         encoder = {"_target_": "metamri.encoders.fusion.FusionEncoder", "mode": "concat",
-                   "text": {"path": _bert(tmp_path)}}
+                   "text": {"path": _bert(tmp_path), "projection": "trainable"}}
         finetune = None
+    else:  # the released layout: LoRA (auto targets) + gated concatenation over its own CLIP
+        unet = {"_target_": "metamri.models.unet.build_unet", "pretrained": str(tiny_dir)}
+        encoder = {"_target_": "metamri.encoders.fusion.FusionEncoder", "mode": "concat",
+                   "text": {"path": str(tiny_dir)}}
+        finetune = {**LORA, "target_modules": "auto"}
     module = MetaDiffusionModule(unet=unet, encoder=encoder, finetune=finetune, noise_sampler=OOD_HIGH,
                                  dropout=DROPOUT, ema_decay=0.9, seed=1)
     trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1, val_check_interval=3)
@@ -109,6 +124,9 @@ def test_checkpoint_alone_rebuilds_the_module(tmp_path, variant):
     fg = module.encoder if variant == "lora_finegrained" else module.encoder.finegrained
     assert not fg.needs_fit and fg.tables["contrast"].num_embeddings == 8  # fitted in setup, AXPD added
     assert module.ema is not None and module.ema.num_updates == 3
+    if "concat" in variant:
+        with torch.no_grad():  # an open gate, so that the round trip covers the gated attention
+            module.encoder.gate.fill_(0.05)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     shutil.rmtree(tmp_path / "pretrained", ignore_errors=True)
@@ -131,6 +149,14 @@ def test_checkpoint_alone_rebuilds_the_module(tmp_path, variant):
     yaml.safe_dump(dict(loaded.hparams))  # plain, YAML-able hyperparameters
     if variant == "lora_finegrained":
         assert any("lora_B" in n for n, _ in loaded.unet.named_parameters())
+    if "concat" in variant:  # the gate is in the checkpoint and the processors were re-installed
+        assert float(loaded.encoder.gate_value().detach()) == pytest.approx(0.5)
+        assert loaded.encoder.gated_modules == module.encoder.gated_modules
+        assert sum(loaded.encoder.gated_modules.values()) > 0
+        with torch.no_grad():
+            loaded.encoder.gate.zero_()
+            shut = loaded.eps(x_t, t, meta, drop)
+        assert not torch.equal(shut, b)  # the gate is live in the rebuilt UNet
 
 
 def test_group_files_compose_into_a_module(tmp_path):
@@ -262,3 +288,85 @@ def test_ema_closed_form_and_swap():
     assert other.decay == 0.5 and other.num_updates == 3 and torch.equal(other.shadow["w"], ema.shadow["w"])
     with pytest.raises(KeyError):
         EMA([("v", p)]).load_state_dict(state)
+
+
+# -- the text model and the UNet: no silent projections ------------------------------------------
+TEXT = "metamri.encoders.text.TextEncoder"
+
+
+def test_identity_projection_width_mismatch_names_both_models_and_widths(tmp_path, tiny_dir):
+    pretrained = {"_target_": "metamri.models.unet.build_unet", "pretrained": str(tiny_dir)}
+    with pytest.raises(ConfigError) as err:  # bundled MiniLM (384) into ContextMRI's UNet (32)
+        MetaDiffusionModule(unet=pretrained, encoder={"_target_": TEXT}, ema_decay=None)
+    msg = str(err.value)
+    print(f"\n{msg}")
+    for word in ("encoder.projection", "all-MiniLM-L6-v2", "bert", "width 384", "width 32",
+                 f"pretrained UNet at {tiny_dir}", "model.text_projection=trainable"):
+        assert word in msg, (word, msg)
+    with pytest.raises(ConfigError) as err:  # a 32-wide text model into the 64-wide tiny preset
+        MetaDiffusionModule(unet=UNET, encoder={"_target_": TEXT, "path": _bert(tmp_path)}, ema_decay=None)
+    for word in ("preset 'tiny'", "width 32", "width 64", "bert"):
+        assert word in str(err.value), (word, str(err.value))
+
+
+def test_pretrained_unet_rejects_another_kind_of_text_model(tmp_path, tiny_dir, caplog):
+    pretrained = {"_target_": "metamri.models.unet.build_unet", "pretrained": str(tiny_dir)}
+    bert = _bert(tmp_path)  # 32 wide like the checkpoint's CLIP, but another model
+    with pytest.raises(ConfigError) as err:
+        MetaDiffusionModule(unet=pretrained, encoder={"_target_": TEXT, "path": bert}, ema_decay=None)
+    msg = str(err.value)
+    print(f"\n{msg}")
+    for word in ("model.text_encoder", bert, "bert", str(tiny_dir / "text_encoder"), "clip_text_model",
+                 f"model.text_encoder={tiny_dir}", "trainable"):
+        assert word in msg, (word, msg)
+    # the fusions' text half is checked the same way
+    with pytest.raises(ConfigError, match="clip_text_model"):
+        MetaDiffusionModule(unet=pretrained, ema_decay=None, encoder={
+            "_target_": "metamri.encoders.fusion.FusionEncoder", "text": {"path": bert}})
+    # the checkpoint's own text model pairs with it through the identity
+    own = MetaDiffusionModule(unet=pretrained, encoder={"_target_": TEXT, "path": str(tiny_dir)}, ema_decay=None)
+    assert isinstance(own.encoder.proj, torch.nn.Identity) and own.encoder.model_type == "clip_text_model"
+
+
+def test_trainable_projection_is_the_opt_in(tmp_path, tiny_dir, caplog):
+    pretrained = {"_target_": "metamri.models.unet.build_unet", "pretrained": str(tiny_dir)}
+    with caplog.at_level("WARNING", logger="metamri.training.module"):
+        module = MetaDiffusionModule(unet=pretrained, ema_decay=None,
+                                     encoder={"_target_": TEXT, "projection": "trainable"})  # MiniLM 384
+    proj = module.encoder.proj
+    assert isinstance(proj, torch.nn.Linear) and (proj.in_features, proj.out_features) == (384, 32)
+    assert proj.weight.requires_grad
+    opt = module.configure_optimizers()
+    assert {id(proj.weight), id(proj.bias)} <= {id(p) for g in opt.param_groups for p in g["params"]}
+    assert "trainable Linear" in caplog.text and "clip_text_model" in caplog.text  # said, not silent
+
+
+def test_the_config_knobs_reach_the_checks(tiny_dir):
+    """``model.text_encoder`` / ``model.text_projection`` drive every text encoder of the configs."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from metamri.utils.hydra import register_resolvers
+
+    register_resolvers()
+    conf = Path(__file__).resolve().parents[1] / "conf"
+
+    # model=contextmri with the released weights (here the tiny stand-in), as the README says
+    released = ["model=contextmri", f"model.unet.pretrained={tiny_dir}", "model.unet.cross_attention_dim=null"]
+
+    def module(experiment: str, *overrides: str):
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[f"+experiment={experiment}", *released, *overrides])
+        return instantiate(cfg.module)
+
+    with pytest.raises(Exception, match="width 384") as err:  # the default text model: MiniLM
+        module("contextmri")
+    assert "pretrained UNet" in str(err.value) and "all-MiniLM-L6-v2" in str(err.value)
+    ok = module("contextmri", f"model.text_encoder={tiny_dir}")  # its own CLIP: the identity
+    assert ok.encoder.path == str(tiny_dir) and ok.encoder.projection == "identity"
+    assert ok.hparams["dropout"]["groups"]["acquisition"]["p"] == 0.5
+    for name in ("additive", "concat"):
+        fused = module(name, f"model.text_encoder={tiny_dir}")
+        assert fused.encoder.text.path == str(tiny_dir) and fused.encoder.text.projection == "identity"
+    trained = module("contextmri", "model.text_projection=trainable")  # the opt-in, from the command line
+    assert isinstance(trained.encoder.proj, torch.nn.Linear)

@@ -15,7 +15,8 @@ Layout (as in the fastMRI release, and as ``fastmri.data.SliceDataset`` reads it
 Metadata read from it: anatomy ``"brain"``; contrast = ``acquisition``; view
 ``"AX"`` for axial acquisitions; sequence, TR, TE, flip angle and field strength
 from the header; TI only on inversion-recovery scans (fastMRI stores a
-placeholder TI on every other scan).
+placeholder TI on every other scan), the TI as stored in ``ti_stored`` (ContextMRI's
+prompts print it, placeholder included).
 """
 
 from __future__ import annotations
@@ -206,6 +207,7 @@ class FastMRIBrainFile(VolumeFile):
                 tr=h.tr,
                 te=h.te,
                 ti=ti,
+                ti_stored=h.ti,
                 flip_angle=h.flip_angle,
                 field_strength=h.field_strength,
                 view="AX" if acq and acq.upper().startswith("AX") else None,

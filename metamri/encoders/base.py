@@ -10,6 +10,9 @@ dropped for that sample, i.e. treated as missing); ``None`` drops nothing.
 Dropping every field gives the unconditional context used by classifier-free
 guidance.
 
+An encoder that changes how the UNet reads its tokens (the concatenated fusion's
+gate) does so in :meth:`MetadataEncoder.attach`, which the module calls with its UNet.
+
 Encoders that depend on the data (numeric ranges, category vocabularies) are
 fitted once on the training split with :meth:`MetadataEncoder.fit` and keep what
 they learned in their state dict (``get_extra_state``), so a checkpoint alone
@@ -54,6 +57,13 @@ class MetadataEncoder(nn.Module):
     def fit(self, records: Iterable[Metadata]) -> MetadataEncoder:
         """Fit normalisation ranges / vocabularies on the training split (no-op by default)."""
         return self
+
+    # -- the UNet that reads the tokens ------------------------------------------------
+    def attach(self, unet: nn.Module) -> None:
+        """Called by the module with the UNet that reads this encoder's tokens, once both
+        exist (and again whenever a checkpoint rebuilds them).  Encoders that change how
+        the UNet reads their tokens install that here (the gated concatenation's attention
+        processors); the default does nothing."""
 
     # -- helpers --------------------------------------------------------------------
     @property

@@ -2,7 +2,8 @@
 
 * categorical field -> row of a learned embedding table (row 0 = "unknown",
   used for categories never seen in training);
-* multi-label field -> mean of its labels' rows;
+* multi-label field -> mean of the rows of its distinct labels (repeats, which
+  ContextMRI's prompt counts, do not re-weight the mean);
 * numeric field -> value normalised to [0, 1] with the training split's
   :class:`~metamri.metadata.NumericRanges` -> sinusoidal (or learned) encoding
   -> ``Linear-SiLU-Linear`` to the context width;
@@ -38,8 +39,11 @@ class FineGrainedEncoder(MetadataEncoder):
         numeric_encoding: ``"sinusoidal"`` (paper) or ``"learned"``, for every numeric field...
         per_field: ...except those named here, e.g. ``{"te": "learned"}``.
         numeric_dim: Width of the numeric encoding fed to the per-field MLP.
-        init_std: Std of the normal initialisation of embedding rows and empty tokens
-            (small, so that an additive fusion starts close to the text-only model).
+        init_std: Std of the normal initialisation of embedding rows and empty tokens.
+        zero_init: Start every token at exactly zero: embedding rows, empty tokens and
+            the last ``Linear`` of each numeric MLP are zero-initialised (their gradients
+            are not zero, so they train from the first step).  The additive fusion sets
+            it, so that it starts at exactly the text-only model.
         numeric_ranges / vocabulary: Pre-computed statistics (``NumericRanges.to_dict()``,
             ``Vocabulary.to_dict()``); when both are given the encoder counts as fitted.
     """
@@ -52,6 +56,7 @@ class FineGrainedEncoder(MetadataEncoder):
         per_field: Mapping[str, str] | None = None,
         numeric_dim: int = 128,
         init_std: float = 0.02,
+        zero_init: bool = False,
         numeric_ranges: Mapping[str, Any] | None = None,
         vocabulary: Mapping[str, Any] | None = None,
     ) -> None:
@@ -67,6 +72,7 @@ class FineGrainedEncoder(MetadataEncoder):
                 raise ConfigError(f"encoder.per_field.{name}", kind, "unknown numeric encoding",
                                   hint=f"choose one of {list(NUMERIC_ENCODINGS)}")
         self.init_std = float(init_std)
+        self.zero_init = bool(zero_init)
         self.encodings = {
             f: per_field.get(f, numeric_encoding) for f in self.fields if self._kind(f) == "numeric"
         }
@@ -77,7 +83,8 @@ class FineGrainedEncoder(MetadataEncoder):
         self.fitted = numeric_ranges is not None and vocabulary is not None
 
         d = self.context_dim
-        self.empty = nn.Parameter(torch.randn(len(self.fields), d) * self.init_std)
+        empty = torch.zeros(len(self.fields), d) if self.zero_init else torch.randn(len(self.fields), d)
+        self.empty = nn.Parameter(empty * self.init_std)
         self.tables = nn.ModuleDict(
             {f: self._new_table(f) for f in self.fields if self._kind(f) != "numeric"}
         )
@@ -88,6 +95,10 @@ class FineGrainedEncoder(MetadataEncoder):
             )
             for f, kind in self.encodings.items()
         })
+        if self.zero_init:
+            for mlp in self.numeric.values():
+                nn.init.zeros_(mlp[-1].weight)
+                nn.init.zeros_(mlp[-1].bias)
 
     # -- statistics -------------------------------------------------------------------
     @property
@@ -133,7 +144,10 @@ class FineGrainedEncoder(MetadataEncoder):
 
     def _new_table(self, name: str) -> nn.Embedding:
         table = nn.Embedding(self.vocabulary.size(name), self.context_dim)
-        nn.init.normal_(table.weight, std=self.init_std)
+        if self.zero_init:
+            nn.init.zeros_(table.weight)
+        else:
+            nn.init.normal_(table.weight, std=self.init_std)
         return table
 
     def field_token(self, name: str, values: Sequence[Any]) -> torch.Tensor:
@@ -151,7 +165,8 @@ class FineGrainedEncoder(MetadataEncoder):
                 if not labels:
                     rows.append(torch.zeros(self.context_dim, device=dev))
                     continue
-                idx = torch.tensor([self.vocabulary.index(name, lab) for lab in labels], device=dev)
+                distinct = dict.fromkeys(labels)
+                idx = torch.tensor([self.vocabulary.index(name, lab) for lab in distinct], device=dev)
                 rows.append(table(idx).mean(0))
             return torch.stack(rows)
         x = [0.0 if v is None else self.numeric_ranges.normalize(name, v) for v in values]

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from metamri.errors import MetadataError
-from metamri.metadata.schema import FIELD_NAMES, FieldKind, field_spec
+from metamri.metadata.schema import FIELD_NAMES, STORED_COMPANIONS, FieldKind, field_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,10 +29,13 @@ class Metadata:
         tr: Repetition time, ms.
         te: Echo time, ms.
         ti: Inversion time, ms; ``None`` unless the sequence is an inversion recovery.
+        ti_stored: TI as the file stores it, ms, placeholders included (fastMRI: 100 on
+            TSE, 300 on FLASH); prompt-only (ContextMRI's prompts print it).
         flip_angle: Flip angle, degrees.
         field_strength: B0, tesla.
         view: ``"AX"`` | ``"SAX"`` | ``"LAX"``.
-        pathology: Tuple of labels, or ``None``.
+        pathology: Tuple of labels, one per annotation in the source's order (repeats
+            kept: ContextMRI's prompt counts them), or ``None``.
         age: Years.
         sex: ``"F"`` | ``"M"``.
     """
@@ -44,6 +47,7 @@ class Metadata:
     tr: float | None = None
     te: float | None = None
     ti: float | None = None
+    ti_stored: float | None = None
     flip_angle: float | None = None
     field_strength: float | None = None
     view: str | None = None
@@ -86,22 +90,32 @@ class Metadata:
         return dataclasses.replace(self, **changes)
 
     def without(self, fields: Iterable[str]) -> Metadata:
-        """Copy with ``fields`` set to missing (used by the drop-one-field ablation)."""
-        fields = list(fields)
-        for f in fields:
-            field_spec(f)
+        """Copy with ``fields`` set to missing (used by the drop-one-field ablation).
+
+        A field's stored-value companions go with it: dropping ``ti`` also clears
+        ``ti_stored``, so no prompt prints a TI the ablation removed.
+        """
+        fields = _with_companions(fields)
         return dataclasses.replace(self, **{f: None for f in fields})
 
     def only(self, fields: Iterable[str]) -> Metadata:
-        """Copy that keeps ``fields`` and sets every other field to missing."""
-        keep = set(fields)
-        for f in keep:
-            field_spec(f)
+        """Copy that keeps ``fields`` (and their stored-value companions) and sets every
+        other field to missing."""
+        keep = set(_with_companions(fields))
         return dataclasses.replace(self, **{f: None for f in FIELD_NAMES if f not in keep})
 
     def present(self) -> tuple[str, ...]:
         """Names of the fields that are not missing."""
         return tuple(n for n in FIELD_NAMES if getattr(self, n) is not None)
+
+
+def _with_companions(fields: Iterable[str]) -> list[str]:
+    """``fields`` (validated) plus the prompt-only fields that store their values."""
+    out: list[str] = []
+    for f in fields:
+        field_spec(f)
+        out += [f, *STORED_COMPANIONS.get(f, ())]
+    return out
 
 
 def _validate(name: str, value: Any) -> Any:
@@ -126,7 +140,7 @@ def _validate(name: str, value: Any) -> Any:
         value = [v for v in value.split(";")]
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise MetadataError(f"metadata field {name!r} = {value!r}: expected a list of strings")
-    labels = tuple(sorted({v.strip() for v in value if v.strip()}))
+    labels = tuple(v.strip() for v in value if v.strip())  # order and repeats kept
     return labels or None
 
 

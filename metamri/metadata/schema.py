@@ -9,7 +9,9 @@ Conventions
 -----------
 * **Missing** is always ``None`` in a :class:`~metamri.metadata.record.Metadata`
   record, whatever the file stored (fastMRI's placeholder TI, an absent sidecar
-  column, an empty string).  Encoders map ``None`` to a learned per-field
+  column, an empty string).  Where a stored value still matters (ContextMRI's
+  prompts print the placeholder TI), a prompt-only companion field keeps it
+  (``ti_stored``, ``stored_for="ti"``).  Encoders map ``None`` to a learned per-field
   "empty" embedding, the same one used when a field is dropped for CFG.
 * **Numeric** values are stored in the units below (ms, degrees, tesla, years)
   and normalised to [0, 1] with :class:`~metamri.metadata.normalization.NumericRanges`,
@@ -54,6 +56,11 @@ class FieldSpec:
         prompt_label: Label of the field in the ContextMRI text prompt; ``None``
             keeps the field out of the prompt.
         in_paper: Whether the paper's ablations (Tables 3 and 4) use the field.
+        stored_for: For a field that keeps the value a file *stores* for another field
+            (``ti_stored``: the header's TI, placeholders included, behind ``ti``), the
+            name of that field.  Such a field is prompt-only: ``fields="all"`` leaves it
+            out (it is never embedded unless named explicitly), and dropping or keeping
+            its field (``Metadata.without`` / ``only``) drops or keeps it too.
     """
 
     name: str
@@ -66,6 +73,7 @@ class FieldSpec:
     default_range: tuple[float, float] | None = None
     prompt_label: str | None = None
     in_paper: bool = False
+    stored_for: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind is FieldKind.NUMERIC and self.default_range is None:
@@ -76,13 +84,15 @@ class FieldSpec:
 
 _HDR = "ismrmrd_header"
 _SIDE = "sidecar table cine_info.csv"
+_CMRI = "ContextMRI metadata table column"
 
 SCHEMA: tuple[FieldSpec, ...] = (
     FieldSpec(
         name="anatomy",
         kind=FieldKind.CATEGORICAL,
         description="Body region imaged.",
-        sources={"fastmri": "constant 'brain' (fastMRI brain files)", "cmrxrecon": "constant 'heart'"},
+        sources={"fastmri": "constant 'brain' (fastMRI brain files)", "cmrxrecon": "constant 'heart'",
+                 "contextmri": f"{_CMRI}: anatomy"},
         categories=("brain", "heart"),
         prompt_label="",
         in_paper=True,
@@ -91,7 +101,8 @@ SCHEMA: tuple[FieldSpec, ...] = (
         name="contrast",
         kind=FieldKind.CATEGORICAL,
         description="Acquisition/contrast label (fastMRI's `acquisition` attribute).",
-        sources={"fastmri": "attrs['acquisition']", "cmrxrecon": "constant 'CINE' (Cine folder)"},
+        sources={"fastmri": "attrs['acquisition']", "cmrxrecon": "constant 'CINE' (Cine folder)",
+                 "contextmri": f"{_CMRI}: contrast (its name, e.g. 'FLAIR', mapped back to AXFLAIR)"},
         categories=("AXT1", "AXT1PRE", "AXT1POST", "AXT2", "AXFLAIR", "CINE"),
         prompt_label="",
         in_paper=True,
@@ -100,7 +111,8 @@ SCHEMA: tuple[FieldSpec, ...] = (
         name="sequence",
         kind=FieldKind.CATEGORICAL,
         description="Pulse-sequence family as the scanner names it.",
-        sources={"fastmri": f"{_HDR}: sequenceParameters/sequence_type", "cmrxrecon": f"{_SIDE}: sequence"},
+        sources={"fastmri": f"{_HDR}: sequenceParameters/sequence_type", "cmrxrecon": f"{_SIDE}: sequence",
+                 "contextmri": f"{_CMRI}: sequence"},
         categories=("TurboSpinEcho", "Flash", "TrueFISP"),
         prompt_label="Sequence",
         in_paper=True,
@@ -110,7 +122,8 @@ SCHEMA: tuple[FieldSpec, ...] = (
         kind=FieldKind.NUMERIC,
         description="Slice index within the volume (0-based).",
         units="index",
-        sources={"fastmri": "position along the file's slice axis", "cmrxrecon": "position along the slice axis"},
+        sources={"fastmri": "position along the file's slice axis", "cmrxrecon": "position along the slice axis",
+                 "contextmri": f"{_CMRI}: slice"},
         missing="never missing for slices read from a file",
         default_range=(0.0, 40.0),
         prompt_label="Slice",
@@ -121,7 +134,8 @@ SCHEMA: tuple[FieldSpec, ...] = (
         kind=FieldKind.NUMERIC,
         description="Repetition time.",
         units="ms",
-        sources={"fastmri": f"{_HDR}: sequenceParameters/TR", "cmrxrecon": f"{_SIDE}: TR_ms"},
+        sources={"fastmri": f"{_HDR}: sequenceParameters/TR", "cmrxrecon": f"{_SIDE}: TR_ms",
+                 "contextmri": f"{_CMRI}: TR"},
         default_range=(0.0, 10000.0),
         prompt_label="TR",
         in_paper=True,
@@ -131,7 +145,8 @@ SCHEMA: tuple[FieldSpec, ...] = (
         kind=FieldKind.NUMERIC,
         description="Echo time.",
         units="ms",
-        sources={"fastmri": f"{_HDR}: sequenceParameters/TE", "cmrxrecon": f"{_SIDE}: TE_ms"},
+        sources={"fastmri": f"{_HDR}: sequenceParameters/TE", "cmrxrecon": f"{_SIDE}: TE_ms",
+                 "contextmri": f"{_CMRI}: TE"},
         default_range=(0.0, 150.0),
         prompt_label="TE",
         in_paper=True,
@@ -141,21 +156,41 @@ SCHEMA: tuple[FieldSpec, ...] = (
         kind=FieldKind.NUMERIC,
         description="Inversion time; only meaningful for inversion-recovery sequences (FLAIR).",
         units="ms",
-        sources={"fastmri": f"{_HDR}: sequenceParameters/TI", "cmrxrecon": f"{_SIDE}: TI_ms"},
+        sources={"fastmri": f"{_HDR}: sequenceParameters/TI (inversion recovery only)",
+                 "cmrxrecon": f"{_SIDE}: TI_ms",
+                 "contextmri": f"{_CMRI}: TI (inversion recovery only)"},
         missing=(
             "absent, or the sequence is not an inversion recovery: fastMRI stores a "
-            "placeholder TI (100 for TSE, 300 for FLASH) that is discarded"
+            "placeholder TI (100 for TSE, 300 for FLASH) that is discarded here and kept "
+            "in ti_stored"
         ),
         default_range=(0.0, 3000.0),
         prompt_label="TI",
         in_paper=True,
     ),
     FieldSpec(
+        name="ti_stored",
+        kind=FieldKind.NUMERIC,
+        description=(
+            "TI exactly as the file stores it, placeholders included (fastMRI: 100 on TSE, "
+            "300 on FLASH, 500 on some T2 TSE). Prompt-only: ContextMRI's prompts print it, "
+            "so a pretrained ContextMRI model must see it; never embedded by default."
+        ),
+        units="ms",
+        sources={"fastmri": f"{_HDR}: sequenceParameters/TI (as stored)", "cmrxrecon": "not stored",
+                 "contextmri": f"{_CMRI}: TI"},
+        missing="the file stores no TI",
+        default_range=(0.0, 3000.0),
+        prompt_label="TI",
+        stored_for="ti",
+    ),
+    FieldSpec(
         name="flip_angle",
         kind=FieldKind.NUMERIC,
         description="Excitation flip angle (refocusing angle for TSE, as fastMRI headers store it).",
         units="deg",
-        sources={"fastmri": f"{_HDR}: sequenceParameters/flipAngle_deg", "cmrxrecon": f"{_SIDE}: flip_angle_deg"},
+        sources={"fastmri": f"{_HDR}: sequenceParameters/flipAngle_deg", "cmrxrecon": f"{_SIDE}: flip_angle_deg",
+                 "contextmri": f"{_CMRI}: flip_angle"},
         default_range=(0.0, 180.0),
         prompt_label="Flip angle",
         in_paper=True,
@@ -181,8 +216,12 @@ SCHEMA: tuple[FieldSpec, ...] = (
     FieldSpec(
         name="pathology",
         kind=FieldKind.MULTILABEL,
-        description="Pathology labels, when a dataset provides them.",
-        sources={"fastmri": "not stored (fastMRI+ annotations are separate)", "cmrxrecon": f"{_SIDE}: pathology (';'-separated)"},
+        description=(
+            "Pathology labels, when a dataset provides them: one entry per annotation, in the "
+            "order the source lists them (ContextMRI's prompt counts repeated labels)."
+        ),
+        sources={"fastmri": "not stored (fastMRI+ annotations are separate)", "cmrxrecon": f"{_SIDE}: pathology (';'-separated)",
+                 "contextmri": f"{_CMRI}: pathology (', '-separated, one label per annotation)"},
         categories=("normal", "lesion"),
     ),
     FieldSpec(
@@ -204,11 +243,32 @@ SCHEMA: tuple[FieldSpec, ...] = (
 
 FIELDS: dict[str, FieldSpec] = {spec.name: spec for spec in SCHEMA}
 FIELD_NAMES: tuple[str, ...] = tuple(FIELDS)
+for _spec in SCHEMA:
+    if _spec.stored_for is not None and (
+        _spec.stored_for not in FIELDS or FIELDS[_spec.stored_for].kind is not _spec.kind
+    ):
+        raise ValueError(f"{_spec.name!r} is stored_for {_spec.stored_for!r}, not a field of the same kind")
+#: field -> the prompt-only fields that keep its stored value (``{"ti": ("ti_stored",)}``).
+STORED_COMPANIONS: dict[str, tuple[str, ...]] = {
+    name: tuple(s.name for s in SCHEMA if s.stored_for == name)
+    for name in FIELD_NAMES if any(s.stored_for == name for s in SCHEMA)
+}
 #: The eight fields of the paper's ablations, in the order of its Tables 3-4.
 PAPER_FIELDS: tuple[str, ...] = tuple(s.name for s in SCHEMA if s.in_paper)
 NUMERIC_FIELDS: tuple[str, ...] = tuple(s.name for s in SCHEMA if s.kind is FieldKind.NUMERIC)
 CATEGORICAL_FIELDS: tuple[str, ...] = tuple(s.name for s in SCHEMA if s.kind is FieldKind.CATEGORICAL)
 MULTILABEL_FIELDS: tuple[str, ...] = tuple(s.name for s in SCHEMA if s.kind is FieldKind.MULTILABEL)
+#: Every field except the stored-value companions (``ti_stored``): what ``fields="all"`` gives.
+EMBEDDABLE_FIELDS: tuple[str, ...] = tuple(s.name for s in SCHEMA if s.stored_for is None)
+#: The fields ContextMRI's prompt reads (``metamri.metadata.prompt``), in its order:
+#: the paper's eight plus pathology.
+CONTEXTMRI_FIELDS: tuple[str, ...] = (
+    "anatomy", "slice", "contrast", "pathology", "sequence", "tr", "te", "ti", "flip_angle",
+)
+#: Named field sets a config may give instead of a list.
+FIELD_SETS: dict[str, tuple[str, ...]] = {
+    "paper": PAPER_FIELDS, "contextmri": CONTEXTMRI_FIELDS, "all": EMBEDDABLE_FIELDS,
+}
 
 
 def field_spec(name: str) -> FieldSpec:
@@ -222,12 +282,15 @@ def field_spec(name: str) -> FieldSpec:
 def resolve_fields(names: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
     """Turn a config value into a tuple of valid field names.
 
-    ``None`` or ``"paper"`` gives :data:`PAPER_FIELDS`; ``"all"`` gives every field.
+    ``None`` or ``"paper"`` gives :data:`PAPER_FIELDS`; ``"contextmri"`` the fields of
+    ContextMRI's prompt (:data:`CONTEXTMRI_FIELDS`); ``"all"`` every field except the
+    stored-value companions such as ``ti_stored`` (:data:`EMBEDDABLE_FIELDS`), which an
+    explicit list may still name.
     """
-    if names is None or names == "paper":
+    if names is None:
         return PAPER_FIELDS
-    if names == "all":
-        return FIELD_NAMES
+    if isinstance(names, str) and names in FIELD_SETS:
+        return FIELD_SETS[names]
     if isinstance(names, str):
         names = [names]
     out = tuple(names)

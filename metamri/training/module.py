@@ -27,6 +27,7 @@ import logging
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -38,7 +39,8 @@ from torchmetrics import MeanMetric
 
 from metamri.data.batch import ImageBatch
 from metamri.encoders.base import MetadataEncoder
-from metamri.errors import ConfigError
+from metamri.encoders.text import ProjectionWidthError, TextEncoder, describe_text_model
+from metamri.errors import ConfigError, MetamriError
 from metamri.metadata import Metadata
 from metamri.models.ema import EMA
 from metamri.models.scheduler import build_scheduler
@@ -71,11 +73,65 @@ def _plain(cfg: Any) -> Any:
 
 
 def _instantiate(cfg: Config, **kwargs: Any) -> Any:
+    """Hydra's ``instantiate``, with metamri's own errors raised as themselves (Hydra wraps
+    them in an ``InstantiationException``) so that they reach the user as written."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     if "_target_" not in cfg:
         raise ConfigError("_target_", dict(cfg), "component config has no _target_")
-    return instantiate(dict(cfg), **kwargs)
+    try:
+        return instantiate(dict(cfg), **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, MetamriError):
+            raise exc.__cause__ from None
+        raise
+
+
+def _unet_description(unet_cfg: Config | None) -> str:
+    """How error messages name the UNet: its pretrained directory or its preset."""
+    if isinstance(unet_cfg, Mapping):
+        if unet_cfg.get("pretrained"):
+            return f"the pretrained UNet at {unet_cfg['pretrained']}"
+        return f"the UNet (preset {unet_cfg.get('preset', 'tiny')!r})"
+    return "the UNet"
+
+
+def _pretrained_root(unet_cfg: Config | None) -> Path | None:
+    """The diffusers directory a UNet config loads from (``None`` when it loads none)."""
+    if not isinstance(unet_cfg, Mapping) or not unet_cfg.get("pretrained"):
+        return None
+    root = Path(str(unet_cfg["pretrained"]))
+    return root.parent if not (root / "unet").is_dir() and (root / "config.json").is_file() else root
+
+
+def check_text_pairing(unet_cfg: Config | None, encoder: nn.Module) -> None:
+    """A UNet from a diffusers directory with a ``text_encoder/`` reads that text model's states:
+    pairing it with a text model of another kind (``model_type``) or width through an identity
+    projection is a :class:`ConfigError` naming both; ``projection="trainable"`` opts in (with a
+    warning that names both)."""
+    root = _pretrained_root(unet_cfg)
+    if root is None or not (root / "text_encoder" / "config.json").is_file():
+        return
+    cfg = json.loads((root / "text_encoder" / "config.json").read_text())
+    kind, width = str(cfg.get("model_type", "")), cfg.get("hidden_size")
+    for text in encoder.modules():
+        if not isinstance(text, TextEncoder) or (text.model_type == kind and text.hidden_dim == width):
+            continue
+        trained_on = describe_text_model(root / "text_encoder", kind, int(width or 0))
+        if text.projection == "trainable":
+            log.warning("%s was trained on the states of %s; it now reads those of %s through a "
+                        "trainable Linear (projection=trainable)", _unet_description(unet_cfg),
+                        trained_on, text.describe())
+            continue
+        raise ConfigError(
+            "model.text_encoder", text.path,
+            f"{_unet_description(unet_cfg)} was trained on the states of its own text model "
+            f"{trained_on}, but the encoder's text model is {text.describe()}",
+            hint=(f"set model.text_encoder={root} to use the checkpoint's text model, or "
+                  f"model.text_projection=trainable ({text.config_key}.projection=trainable) "
+                  "to learn a projection from the other one"),
+        )
 
 
 def _seed_from(*parts: int) -> int:
@@ -92,7 +148,10 @@ class MetaDiffusionModule(L.LightningModule):
     Args:
         unet: Config of :func:`~metamri.models.unet.build_unet` (or a ``UNet2DConditionModel``).
         encoder: Config of a :class:`~metamri.encoders.MetadataEncoder`; its
-            ``context_dim`` is set to the UNet's context width.
+            ``context_dim`` is set to the UNet's context width.  A text model is checked
+            against a pretrained UNet's own ``text_encoder/`` (:func:`check_text_pairing`),
+            and ``encoder.attach(unet)`` runs once both exist (the gated concatenation
+            installs its attention processors there, also on a checkpoint rebuild).
         scheduler: Config of :func:`~metamri.models.scheduler.build_scheduler` (or a
             ``DDPMScheduler``); ``None`` = linear DDPM, T = 1000.
         finetune: Config of :class:`FullFinetune` / :class:`LoraFinetune`; ``None`` = full.
@@ -171,12 +230,19 @@ class MetaDiffusionModule(L.LightningModule):
             if given is not None and int(given) != ctx_dim:
                 raise ConfigError("encoder.context_dim", given,
                                   f"the UNet expects context tokens of width {ctx_dim}")
-            self.encoder = _instantiate(encoder_cfg, context_dim=ctx_dim)
+            try:
+                self.encoder = _instantiate(encoder_cfg, context_dim=ctx_dim)
+            except ProjectionWidthError as exc:
+                raise exc.naming(_unet_description(unet_cfg)) from None
         else:
             self.encoder = encoder
         if self.encoder.context_dim != ctx_dim:
             raise ConfigError("encoder.context_dim", self.encoder.context_dim,
                               f"the UNet expects context tokens of width {ctx_dim}")
+        check_text_pairing(unet_cfg if is_cfg["unet"] else None, self.encoder)
+        # Where encoder and UNet meet: the concatenated fusion installs its gated attention
+        # here, also when a checkpoint rebuilds the module.
+        self.encoder.attach(self.unet)
 
         # -- randomness of training ---------------------------------------------------
         self.noise_sampler = (

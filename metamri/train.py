@@ -1,7 +1,7 @@
 """Train a metadata-conditioned diffusion prior: ``python -m metamri.train``.
 
 Thin on purpose: every object is built from ``conf/train.yaml`` and its groups
-(``data``, ``model``, ``encoder``, ``finetune``, ``noise``, ``dropout``,
+(``data``, ``model``, ``encoder``, ``finetune``, ``timesteps``, ``dropout``,
 ``trainer``, ``callbacks``, ``logger``).  Examples::
 
     python -m metamri.train                                # phantom, CPU, additive + OOD

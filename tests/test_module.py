@@ -21,7 +21,7 @@ from metamri.training import MetaDiffusionModule
 UNET = {"_target_": "metamri.models.unet.build_unet", "preset": "tiny"}
 FINEGRAINED = {"_target_": "metamri.encoders.finegrained.FineGrainedEncoder", "fields": "paper"}
 LORA = {"_target_": "metamri.training.finetune.LoraFinetune", "rank": 4, "alpha": 4}
-OOD_HIGH = {"_target_": "metamri.training.noise.TimestepRangeSampler",
+OOD_HIGH = {"_target_": "metamri.training.timesteps.TimestepRangeSampler",
             "ranges": {"brain": [0.0, 1.0], "cardiac": [0.75, 1.0]}}
 DROPOUT = {"_target_": "metamri.training.dropout.FieldDropout", "p": 0.1, "prompt_p": 0.1}
 
@@ -117,7 +117,7 @@ def test_checkpoint_alone_rebuilds_the_module(tmp_path, variant, tiny_dir):
         encoder = {"_target_": "metamri.encoders.fusion.FusionEncoder", "mode": "concat",
                    "text": {"path": str(tiny_dir)}}
         finetune = {**LORA, "target_modules": "auto"}
-    module = MetaDiffusionModule(unet=unet, encoder=encoder, finetune=finetune, noise_sampler=OOD_HIGH,
+    module = MetaDiffusionModule(unet=unet, encoder=encoder, finetune=finetune, timestep_sampler=OOD_HIGH,
                                  dropout=DROPOUT, ema_decay=0.9, seed=1)
     trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1, val_check_interval=3)
     trainer.fit(module, datamodule=TinyData(_samples()))
@@ -169,17 +169,17 @@ def test_group_files_compose_into_a_module(tmp_path):
     conf = Path(__file__).resolve().parents[1] / "conf"
     group = {g: OmegaConf.load(conf / g / f"{name}.yaml") for g, name in
              [("model", "tiny"), ("encoder", "finegrained"), ("finetune", "lora"),
-              ("noise", "ood_high_noise"), ("dropout", "independent")]}
+              ("timesteps", "ood_high_noise"), ("dropout", "independent")]}
     cfg = OmegaConf.create({
         "_target_": "metamri.training.module.MetaDiffusionModule", "_recursive_": False,
         "unet": group["model"].unet, "scheduler": group["model"].scheduler,
-        "encoder": group["encoder"], "finetune": group["finetune"], "noise_sampler": group["noise"],
+        "encoder": group["encoder"], "finetune": group["finetune"], "timestep_sampler": group["timesteps"],
         "dropout": group["dropout"],
         "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 5e-5},
         "ema_decay": 0.999, "seed": 0,
     })
     module = instantiate(cfg)
-    assert module.encoder.context_dim == 64 and module.noise_sampler.bounds["cardiac"] == (750, 1000)
+    assert module.encoder.context_dim == 64 and module.timestep_sampler.bounds["cardiac"] == (750, 1000)
     assert module.hparams["encoder"]["_target_"].endswith("FineGrainedEncoder")
     assert isinstance(module.hparams["encoder"], dict)  # plain containers, not DictConfig
     opt = module.configure_optimizers()
@@ -215,7 +215,7 @@ def test_changing_te_changes_the_prediction():
 def test_thirty_steps_reduce_the_loss_and_log_ood_timesteps(tmp_path):
     torch.manual_seed(0)
     module = MetaDiffusionModule(
-        unet=UNET, encoder=FINEGRAINED, noise_sampler=OOD_HIGH, dropout=DROPOUT, ema_decay=None,
+        unet=UNET, encoder=FINEGRAINED, timestep_sampler=OOD_HIGH, dropout=DROPOUT, ema_decay=None,
         optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 2e-3},
     )
     data = TinyData(_samples(4))  # one fixed batch (3 brain, 1 cardiac), seen 30 times
@@ -245,7 +245,7 @@ def test_thirty_steps_reduce_the_loss_and_log_ood_timesteps(tmp_path):
 
 def test_validation_is_deterministic_and_logs_uncond(tmp_path):
     torch.manual_seed(0)
-    module = MetaDiffusionModule(unet=UNET, encoder=FINEGRAINED, noise_sampler=OOD_HIGH,
+    module = MetaDiffusionModule(unet=UNET, encoder=FINEGRAINED, timestep_sampler=OOD_HIGH,
                                  ema_decay=0.99, val_timesteps=(50, 950))
     data = TinyData(_samples(8))
     trainer = _trainer(tmp_path)

@@ -8,7 +8,7 @@ from metamri.training.finetune import (
     trainable_parameters,
 )
 from metamri.training.module import MetaDiffusionModule
-from metamri.training.noise import TimestepRangeSampler, fraction_to_timestep
+from metamri.training.timesteps import TimestepRangeSampler, fraction_to_timestep
 
 __all__ = [
     "FieldDropout", "FullFinetune", "LoraFinetune", "MetaDiffusionModule", "TimestepRangeSampler",

@@ -47,7 +47,7 @@ from metamri.models.scheduler import build_scheduler
 from metamri.models.unet import unet_context_dim
 from metamri.training.dropout import FieldDropout
 from metamri.training.finetune import FullFinetune, parameter_counts, trainable_parameters
-from metamri.training.noise import TimestepRangeSampler
+from metamri.training.timesteps import TimestepRangeSampler
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class MetaDiffusionModule(L.LightningModule):
         scheduler: Config of :func:`~metamri.models.scheduler.build_scheduler` (or a
             ``DDPMScheduler``); ``None`` = linear DDPM, T = 1000.
         finetune: Config of :class:`FullFinetune` / :class:`LoraFinetune`; ``None`` = full.
-        noise_sampler: Config of :class:`TimestepRangeSampler`; ``None`` = every domain on [0, 1].
+        timestep_sampler: Config of :class:`TimestepRangeSampler`; ``None`` = every domain on [0, 1].
         dropout: Config of :class:`FieldDropout`; ``None`` = no dropout.
         optimizer: Partial optimizer config (``_partial_: true``), called with the
             trainable parameters; ``None`` = AdamW, lr 5e-5 (the paper's).
@@ -178,7 +178,7 @@ class MetaDiffusionModule(L.LightningModule):
         encoder: Config | MetadataEncoder | None = None,
         scheduler: Config | DDPMScheduler | None = None,
         finetune: Config | Any | None = None,
-        noise_sampler: Config | TimestepRangeSampler | None = None,
+        timestep_sampler: Config | TimestepRangeSampler | None = None,
         dropout: Config | FieldDropout | None = None,
         optimizer: Config | Callable[..., torch.optim.Optimizer] | None = None,
         ema_decay: float | None = 0.999,
@@ -190,10 +190,10 @@ class MetaDiffusionModule(L.LightningModule):
         super().__init__()
         is_cfg = {name: v is None or isinstance(v, Mapping) or _is_omegaconf(v)
                   for name, v in (("unet", unet), ("encoder", encoder), ("scheduler", scheduler),
-                                  ("finetune", finetune), ("noise_sampler", noise_sampler),
+                                  ("finetune", finetune), ("timestep_sampler", timestep_sampler),
                                   ("dropout", dropout), ("optimizer", optimizer))}
         unet_cfg, encoder_cfg, sched_cfg = _plain_if(unet), _plain_if(encoder), _plain_if(scheduler)
-        finetune_cfg, noise_cfg = _plain_if(finetune), _plain_if(noise_sampler)
+        finetune_cfg, timesteps_cfg = _plain_if(finetune), _plain_if(timestep_sampler)
         dropout_cfg, optim_cfg, arch = _plain_if(dropout), _plain_if(optimizer), _plain(arch)
 
         # -- UNet and noise schedule -------------------------------------------------
@@ -245,18 +245,18 @@ class MetaDiffusionModule(L.LightningModule):
         self.encoder.attach(self.unet)
 
         # -- randomness of training ---------------------------------------------------
-        self.noise_sampler = (
+        self.timestep_sampler = (
             TimestepRangeSampler({}, self.num_train_timesteps, default=(0.0, 1.0))
-            if noise_sampler is None
-            else _instantiate(noise_cfg) if is_cfg["noise_sampler"] else noise_sampler
+            if timestep_sampler is None
+            else _instantiate(timesteps_cfg) if is_cfg["timestep_sampler"] else timestep_sampler
         )
-        if self.noise_sampler.num_train_timesteps != self.num_train_timesteps:
-            raise ConfigError("noise.num_train_timesteps", self.noise_sampler.num_train_timesteps,
+        if self.timestep_sampler.num_train_timesteps != self.num_train_timesteps:
+            raise ConfigError("noise.num_train_timesteps", self.timestep_sampler.num_train_timesteps,
                               f"the noise schedule has T = {self.num_train_timesteps}")
         # Per-domain validation losses as metrics: synced correctly across DDP ranks even
         # when a rank's validation batches hold no sample of some domain.
         self.val_domain_loss = nn.ModuleDict(
-            {d: MeanMetric() for d in sorted(self.noise_sampler.bounds)}
+            {d: MeanMetric() for d in sorted(self.timestep_sampler.bounds)}
         )
         self.dropout = (FieldDropout(p=0.0) if dropout is None
                         else _instantiate(dropout_cfg) if is_cfg["dropout"] else dropout)
@@ -285,7 +285,7 @@ class MetaDiffusionModule(L.LightningModule):
             "encoder": encoder_cfg if is_cfg["encoder"] else None,
             "scheduler": sched_cfg if is_cfg["scheduler"] else None,
             "finetune": finetune_cfg if is_cfg["finetune"] else None,
-            "noise_sampler": noise_cfg if is_cfg["noise_sampler"] else None,
+            "timestep_sampler": timesteps_cfg if is_cfg["timestep_sampler"] else None,
             "dropout": dropout_cfg if is_cfg["dropout"] else None,
             "optimizer": optim_cfg if is_cfg["optimizer"] else None,
             "ema_decay": self.ema_decay,
@@ -388,7 +388,7 @@ class MetaDiffusionModule(L.LightningModule):
     def training_step(self, batch: ImageBatch, batch_idx: int) -> torch.Tensor:
         x0 = batch.image
         b = x0.shape[0]
-        t = self.noise_sampler.sample(batch.domain, self._gen).to(self.device)
+        t = self.timestep_sampler.sample(batch.domain, self._gen).to(self.device)
         eps = torch.randn(x0.shape, generator=self._gen, dtype=x0.dtype).to(self.device)
         x_t = self.noise_scheduler.add_noise(x0, eps, t)
         drop = self.dropout.sample(b, self.encoder.fields, self._gen)

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from metamri.errors import ConfigError
-from metamri.training.noise import TimestepRangeSampler, fraction_to_timestep
+from metamri.training.timesteps import TimestepRangeSampler, fraction_to_timestep
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -24,7 +24,7 @@ def test_rounding_is_half_up():
 
 
 def test_ood_high_noise_keeps_cardiac_in_range_and_brain_everywhere():
-    s = instantiate(OmegaConf.load(CONF / "noise" / "ood_high_noise.yaml"))
+    s = instantiate(OmegaConf.load(CONF / "timesteps" / "ood_high_noise.yaml"))
     n = 50000
     domains = ["brain", "cardiac"] * n
     t = s.sample(domains, torch.Generator().manual_seed(0))
@@ -41,10 +41,10 @@ def test_ood_high_noise_keeps_cardiac_in_range_and_brain_everywhere():
 
 
 def test_ood_low_noise_range():
-    s = instantiate(OmegaConf.load(CONF / "noise" / "ood_low_noise.yaml"))
+    s = instantiate(OmegaConf.load(CONF / "timesteps" / "ood_low_noise.yaml"))
     t = s.sample(["cardiac"] * 20000, torch.Generator().manual_seed(1))
     assert t.min() == 0 and t.max() == 249
-    s = instantiate(OmegaConf.load(CONF / "noise" / "in_distribution.yaml"))
+    s = instantiate(OmegaConf.load(CONF / "timesteps" / "in_distribution.yaml"))
     assert s.bounds == {"brain": (0, 1000), "cardiac": (0, 1000)}
 
 

@@ -1,34 +1,32 @@
 r"""Reconstruct fastMRI-format brain files: ``python -m metamri.reconstruct inputs=... method=...``.
 
-Per file (``conf/reconstruct.yaml``), per slice, with the k-space ``y`` (coils, readout, phase):
+Per file (``conf/reconstruct.yaml``; the reconstruction setup is the shared group
+``conf/reconstruction/default.yaml``), per slice, with the k-space ``y`` (coils, readout, phase):
 
 1. mask ``M``: the file's own ``mask`` if it has one (fastMRI test files), else the
-   configured mask function seeded by the file name (every slice shares it); the
-   k-space is multiplied by ``M`` (a no-op on already undersampled data);
-2. the 2x readout oversampling is removed exactly: coil images ``F^-1 y`` are
-   centre-cropped along the readout to the file's recon height and transformed back
-   (the mask acts on phase-encode columns only, so the cropped data keep it; the mask
-   is applied again to remove rounding residue);
-3. ESPIRiT maps (:mod:`metamri.preprocess.espirit`) from the undersampled data's fully
-   sampled centre: the calibration size is capped at the width of the contiguous
-   sampled block around DC (the ACS), and the kernel at half of it (so the calibration
-   matrix keeps enough rows on narrow ACS blocks);
-4. normalisation, MVUE-style: ``s`` = 99th percentile of ``|A^H y|`` (the zero-filled
-   SENSE image, centre-cropped to the recon size). Training images were divided by
-   the p99 of the fully sampled MVUE, which is not available here; the zero-filled
-   image keeps the low frequencies that dominate the magnitude histogram, so ``s``
-   is the closest estimate the measured data allow (typically a few % lower). The
-   reconstruction runs on ``y / s`` and is multiplied back by ``s``;
-5. reconstruct (``zero_filled``, ``cs``, or ``diffusion`` with the checkpoint's
-   module, metadata read from the file's ISMRMRD header), centre-crop to the
-   recon size, take the magnitude;
-6. write ``<out_dir>/<fname>`` atomically with ``reconstruction`` float32
-   (slices, H, W) in the file's units, the fastMRI submission layout (attrs
-   ``method``, ``acceleration``).
+   group's mask function seeded by the file name (every slice shares it); the k-space
+   is multiplied by ``M`` (a no-op on already undersampled data);
+2. the measured k-space is prepared as preprocessing prepared the training data, as far
+   as measured data allow (:func:`metamri.preprocess.measured.prepare_slice`): readout
+   oversampling removed, ESPIRiT maps from the calibration region (ACS) with the
+   ``espirit`` parameters, refused with a :class:`~metamri.errors.DataFileError` naming the
+   file, slice and ACS width when the ACS is too narrow or the maps fail their check,
+   and the k-space divided by ``s`` = p99 of the zero-filled image (the estimate of
+   training's p99 of the fully sampled MVUE);
+3. reconstruct (``zero_filled``, ``cs``, or ``diffusion`` with the prior, metadata read
+   from the file's ISMRMRD header), multiply by ``s``, centre-crop to the file's recon
+   size, take the magnitude;
+4. write ``<out_dir>/<fname>`` atomically with ``reconstruction`` float32 (slices, H, W)
+   in the file's units (the fastMRI submission layout) and attrs stating how it was made:
+   ``method``, ``mask`` (type and parameters, or ``file``), ``acceleration`` (effective:
+   W / sampled columns, mean over slices), ``acs_lines`` (the narrowest slice's),
+   ``coil_maps`` (``calibration``), ``espirit`` (JSON), ``scaling``, and ``cs`` / ``prior``
+   / ``guidance_scale`` where they apply.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -36,46 +34,17 @@ import h5py
 import hydra
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from metamri.errors import ConfigError, DataFileError
+from metamri.errors import ConfigError
+from metamri.preprocess.measured import acs_width, crop_readout
 from metamri.utils.hydra import register_resolvers
 
 log = logging.getLogger(__name__)
 register_resolvers()
 
 METHODS = ("zero_filled", "cs", "diffusion")
-
-
-def acs_width(mask: np.ndarray) -> int:
-    """Width of the contiguous block of sampled columns around DC (index ``W // 2``)."""
-    mask = np.asarray(mask, dtype=bool)
-    c = mask.size // 2
-    if not mask[c]:
-        return 0
-    lo = c
-    while lo > 0 and mask[lo - 1]:
-        lo -= 1
-    hi = c
-    while hi < mask.size - 1 and mask[hi + 1]:
-        hi += 1
-    return hi - lo + 1
-
-
-def crop_readout(kspace: np.ndarray, height: int) -> np.ndarray:
-    """k-space (C, H0, W) -> (C, height, W): coil images centre-cropped along the readout.
-
-    Exact for phase-encode masks up to rounding: unsampled columns come back as ~1e-16
-    (the caller multiplies by the mask again).
-    """
-    from metamri.physics.fft import center_crop, fft2c_np, ifft2c_np
-
-    if kspace.shape[-2] == height:
-        return kspace
-    images = ifft2c_np(kspace)
-    return fft2c_np(np.ascontiguousarray(center_crop(images, (height, kspace.shape[-1])))).astype(
-        np.complex64)
+__all__ = ["METHODS", "acs_width", "crop_readout", "input_files", "reconstruct", "reconstruct_file"]
 
 
 def input_files(inputs) -> list[Path]:
@@ -96,81 +65,94 @@ def input_files(inputs) -> list[Path]:
     return files
 
 
-def reconstruct_file(path: Path, out_dir: Path, reconstructor, mask_func, espirit: dict,
-                     method: str) -> Path:
-    """Reconstruct every slice of one file and write ``<out_dir>/<fname>``; see the module docstring."""
+def reconstruct_file(path: Path, out_dir: Path, reconstructor, espirit, method: str,
+                     attrs: dict | None = None) -> Path:
+    """Reconstruct every slice of one file and write ``<out_dir>/<fname>``; see the module docstring.
+
+    Args:
+        path: A fastMRI-format brain file.
+        out_dir: Output directory.
+        reconstructor: A :class:`~metamri.evaluation.reconstructor.Reconstructor` running ``method``.
+        espirit: :class:`~metamri.preprocess.espirit.EspiritParams` of the calibration maps.
+        method: ``"zero_filled"``, ``"cs"`` or ``"diffusion"``.
+        attrs: Extra attributes written to the output file.
+    """
     from metamri.data.readers import open_volume
     from metamri.evaluation.reconstructor import SliceKey
-    from metamri.preprocess.espirit import make_estimator
+    from metamri.physics.masks import describe_mask
+    from metamri.preprocess.measured import prepare_slice
     from metamri.preprocess.mvue import crop_or_pad
-    from metamri.recon.baselines import zero_filled
     from metamri.utils.io import atomic_output
 
     volume = open_volume(path)
-    slices, accel = [], None
+    slices, accels, acs, from_file = [], [], [], False
     for item in volume:
         kspace = np.asarray(item.kspace, dtype=np.complex64)
-        h, w = item.recon_size
-        mask = (np.asarray(item.mask) != 0 if item.mask is not None
-                else np.asarray(mask_func(kspace.shape[-2:], seed=path.name), dtype=bool))
-        if mask.shape != (kspace.shape[-1],):
-            raise DataFileError(path, f"mask has shape {mask.shape}, k-space width is {kspace.shape[-1]}",
-                                field="mask")
-        accel = mask.size / max(int(mask.sum()), 1)
-        y = crop_readout(kspace * mask[None, None, :], min(h, kspace.shape[-2])) * mask[None, None, :]
-        calib = min(int(espirit.get("calib_size", 24)), acs_width(mask))
-        kernel = min(int(espirit.get("kernel_size", 6)), max(2, calib // 2))
-        if calib < 2:
-            raise DataFileError(path, f"slice {item.slice_index}: the mask samples no centre block "
-                                f"(ACS width {acs_width(mask)}); ESPIRiT needs one", field="mask")
-        estimator = make_estimator(espirit.get("backend", "auto"), calib_size=calib, kernel_size=kernel,
-                                   threshold=float(espirit.get("threshold", 0.02)),
-                                   crop=float(espirit.get("crop", 0.95)))
-        maps = estimator(y)
-        x_zf = zero_filled(y, maps, mask)
-        scale = float(np.percentile(np.abs(crop_or_pad(x_zf, (h, w))), 99)) or 1.0
+        if item.mask is not None:
+            mask, from_file = np.asarray(item.mask) != 0, True
+        else:
+            mask = np.asarray(reconstructor.mask(kspace.shape[-2:], seed=path.name), dtype=bool)
+        m = prepare_slice(kspace, mask, item.recon_size, espirit, path=path, where=f"slice {item.slice_index}")
         key = SliceKey(path.name, int(item.slice_index), None)
         images, _, _ = reconstructor.reconstruct_kspace(
-            key, item.metadata, torch.from_numpy(y / scale), torch.from_numpy(maps), mask)
-        image = crop_or_pad(images[method] * scale, (h, w))
+            key, item.metadata, torch.from_numpy(m.y), torch.from_numpy(m.maps), m.mask)
+        image = crop_or_pad(images[method] * m.scale, m.recon_size)
         slices.append(np.abs(image).astype(np.float32))
+        accels.append(m.effective_acceleration)
+        acs.append(m.check.acs)
     out = out_dir / path.name
+    info = reconstructor.describe()
     with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("reconstruction", data=np.stack(slices))
         f.attrs["method"] = method
-        f.attrs["acceleration"] = float(accel)
+        f.attrs["mask"] = "file" if from_file else describe_mask(reconstructor.mask)
+        f.attrs["acceleration"] = float(np.mean(accels))
+        f.attrs["acs_lines"] = int(min(acs))
+        f.attrs["coil_maps"] = "calibration"
+        f.attrs["espirit"] = json.dumps(espirit.to_dict())
+        f.attrs["scaling"] = "p99 of the zero-filled image (metamri.preprocess.measured.measured_scale)"
+        if method == "cs":
+            f.attrs["cs"] = json.dumps(info.get("cs", {}))
+        if method == "diffusion":
+            f.attrs["guidance_scale"] = float(info["guidance_scale"])
+            f.attrs["ensemble"] = int(info["ensemble"])
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
     return out
 
 
 def reconstruct(cfg: DictConfig) -> list[Path]:
     """Reconstruct every input file; return the written paths."""
-    from metamri.evaluate import load_module
-    from metamri.evaluation.reconstructor import Reconstructor
+    from metamri.evaluate import load_prior_of
+    from metamri.evaluation.builder import build_reconstructor
+    from metamri.preprocess.espirit import EspiritParams
 
     method = str(cfg.method)
     if method not in METHODS:
         raise ConfigError("method", method, f"must be one of {list(METHODS)}")
+    if cfg.get("coil_maps", "calibration") != "calibration":
+        raise ConfigError("coil_maps", cfg.coil_maps, "a measured file has only its calibration region",
+                          hint="metamri.reconstruct always uses coil_maps=calibration")
+    if cfg.get("scaling", "measured") != "measured":
+        raise ConfigError("scaling", cfg.scaling, "a measured file has no fully sampled image to take the p99 of",
+                          hint="metamri.reconstruct always uses scaling=measured")
     files = input_files(cfg.inputs)
-    module = sampler = None
+    module = None
+    extra = {}
     if method == "diffusion":
-        module = load_module(cfg.get("ckpt_path")).to(cfg.get("device", "cpu"))
-        extra = {} if cfg.get("guidance_scale") is None else {"guidance_scale": cfg.guidance_scale}
-        sampler = instantiate(cfg.sampler, alphas_cumprod=module.noise_scheduler.alphas_cumprod, **extra)
-    mask_func = instantiate(cfg.mask)
-    reconstructor = Reconstructor(
-        mask_func, (method,) if method != "zero_filled" else ("zero_filled",), sampler=sampler,
-        module=module, ensemble=cfg.ensemble, drop_fields=list(cfg.get("drop_fields") or []),
-        keep_fields=None if cfg.get("keep_fields") is None else list(cfg.keep_fields),
-        base_seed=cfg.base_seed, cs=OmegaConf.to_container(cfg.cs, resolve=True),
-        use_ema=cfg.get("use_ema", True),
-    )
+        module = load_prior_of(cfg).to(cfg.get("device", "cpu"))
+        extra["prior"] = str(cfg.get("prior") or cfg.get("ckpt_path"))
+    reconstructor = build_reconstructor(cfg, module, methods=(method,))
+    espirit = EspiritParams.from_config(cfg.get("espirit"))
     out_dir = Path(str(cfg.out_dir)).expanduser()
-    espirit = OmegaConf.to_container(cfg.espirit, resolve=True)
     written = []
     for path in files:
-        out = reconstruct_file(path, out_dir, reconstructor, mask_func, espirit, method)
+        out = reconstruct_file(path, out_dir, reconstructor, espirit, method, extra)
+        with h5py.File(out, "r") as f:
+            mask, accel, acs = f.attrs["mask"], float(f.attrs["acceleration"]), int(f.attrs["acs_lines"])
         log.info("%s -> %s", path, out)
-        print(f"{path.name}: {method} -> {out}")
+        print(f"{path.name}: {method} -> {out} (mask {mask}, effective acceleration {accel:.3f}x, "
+              f"coil maps from {acs} calibration lines)")
         written.append(out)
     return written
 

@@ -152,3 +152,39 @@ def test_bad_parameters_and_inputs():
     bad[0, 3, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         estimate_maps(bad)
+
+
+def test_espirit_params_defaults_are_written_once_and_the_config_instantiates_them():
+    """conf/espirit/default.yaml is an instantiation of EspiritParams with its own defaults."""
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from metamri.preprocess.espirit import EspiritParams
+
+    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "espirit" / "default.yaml")
+    assert instantiate(conf) == EspiritParams() == EspiritParams.from_config(conf)
+    assert EspiritParams.from_config(None) == EspiritParams()
+    assert EspiritParams.from_config({"backend": "sigpy", "calib_size": 16}) == EspiritParams("sigpy", 16)
+    # the estimators take the same defaults
+    est = make_estimator("sigpy")
+    p = EspiritParams()
+    assert (est.calib_size, est.kernel_size, est.threshold, est.crop) == (
+        p.calib_size, p.kernel_size, p.threshold, p.crop)
+    assert make_estimator(EspiritParams(backend="sigpy", crop=0.5)) == SigpyEspirit(crop=0.5)
+    assert EspiritParams(backend="bart").estimator(threads=1) == BartEspirit(threads=1)
+    assert p.replace(kernel_size=4).kernel_size == 4 and p.to_dict()["backend"] == "auto"
+
+
+def test_espirit_params_errors_name_the_key():
+    from metamri.preprocess.espirit import EspiritParams
+
+    with pytest.raises(ConfigError, match="espirit.backend = 'matlab'"):
+        EspiritParams(backend="matlab")
+    with pytest.raises(ConfigError, match="espirit.kernel_size = 30"):
+        EspiritParams(kernel_size=30)
+    with pytest.raises(ConfigError, match="espirit.calib_size"):
+        EspiritParams(calib_size=1)
+    with pytest.raises(ConfigError, match="espirit.calib_width = 3: unknown ESPIRiT parameter"):
+        EspiritParams.from_config({"calib_width": 3})

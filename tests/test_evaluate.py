@@ -28,8 +28,10 @@ def overrides(tmp_path: Path, out: str = "run", **extra) -> list[str]:
         "paths.output_dir": str(tmp_path / out), "paths.log_dir": str(tmp_path / "logs"),
         "data.cache_dir": str(cache), "data.sources.brain": str(tmp_path / "raw"),
         "data.phantom": "null", "data.split_fractions": "{train: 0.0, val: 0.0, test: 1.0}",
-        "prepare_data": "false", "ckpt_path": str(tmp_path / "model.ckpt"), "sampler.num_steps": "2",
-        "mask.center_fraction": "0.125", "cs.n_iter": "5", "cs.backend": "sigpy", "lpips": "false",
+        "prepare_data": "false", "prior": str(tmp_path / "model.ckpt"), "sampler.num_steps": "2",
+        "mask.center_fraction": "0.125", "mask.min_center_lines": "2",
+        "mask.with_replacement": "false", "cs.n_iter": "5",
+        "cs.backend": "sigpy", "lpips": "false",
     }
     args.update(extra)
     return [f"{k}={v}" for k, v in args.items()]
@@ -54,18 +56,69 @@ def test_evaluate_writes_per_slice_csv_and_returns_diffusion_psnr(tmp_path, caps
     assert all(15 < p < 60 for p in zf), zf  # 4x undersampled: far from exact, far from noise
     summary = (tmp_path / "run" / "reconstruction" / "test_summary.md").read_text()
     assert "| zero_filled | 4 | 2 |" in summary
-    assert "zero_filled" in capsys.readouterr().out
+    # the summary states the mask, its effective acceleration and the coil maps (16 columns,
+    # 2 centre lines + 2 distinct uniform lines: exactly 4x)
+    mask_line = next(ln for ln in summary.splitlines() if ln.startswith("- mask:"))
+    assert "Uniform1D(acceleration=4, center_fraction=0.125, with_replacement=False, min_center_lines=2)" in mask_line
+    assert "effective acceleration 4.000x" in mask_line and "mean over 4 slices" in mask_line
+    assert "- coil maps: fully_sampled" in summary
+    assert "guidance_scale=1" in summary
+    printed = capsys.readouterr().out
+    assert "zero_filled" in printed and "effective acceleration" in printed
 
 
-def test_evaluate_errors_name_the_checkpoint(tmp_path):
-    with pytest.raises(ConfigError, match="ckpt_path"):
-        run(tmp_path, ckpt_path=str(tmp_path / "missing.ckpt"))
-    with pytest.raises(ConfigError, match="ckpt_path"):
-        run(tmp_path, ckpt_path="null")
-    # baselines alone need no checkpoint; max_slices keeps the first N slices
-    value = run(tmp_path, ckpt_path="null", methods="[zero_filled]", max_slices="3", out="zf")
+def test_evaluate_errors_name_the_prior(tmp_path):
+    with pytest.raises(ConfigError, match="prior"):
+        run(tmp_path, prior=str(tmp_path / "missing.ckpt"))
+    with pytest.raises(ConfigError, match="prior"):
+        run(tmp_path, prior="null")
+    # baselines alone need no prior; max_slices keeps the first N slices
+    value = run(tmp_path, prior="null", methods="[zero_filled]", max_slices="3", out="zf")
     table = MetricTable.from_csv(tmp_path / "zf" / "reconstruction" / "test_metrics.csv")
     assert len(table) == 3 and value == pytest.approx(sum(r.psnr for r in table) / 3)
+
+
+def test_ckpt_path_is_a_deprecated_alias_of_prior(tmp_path):
+    ckpt = str(tmp_path / "model.ckpt")
+    with pytest.warns(DeprecationWarning, match="ckpt_path"):
+        value = run(tmp_path, prior="null", ckpt_path=ckpt, max_slices="1", out="alias",
+                    methods="[diffusion]")
+    assert value == value  # a number (an untrained prior: any PSNR)
+    with pytest.raises(ConfigError, match="ckpt_path"):
+        run(tmp_path, ckpt_path=str(tmp_path / "other.ckpt"), out="both")
+
+
+def test_guidance_scale_is_one_knob(tmp_path):
+    """The sampler configs carry no guidance_scale: the group's key reaches the sampler."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("evaluate", overrides=overrides(tmp_path, guidance_scale="2.5"))
+        assert "guidance_scale" not in cfg.sampler
+    from metamri.evaluation.builder import build_reconstructor
+    from tests.test_reconstructor import make_module
+
+    rec = build_reconstructor(cfg, make_module())
+    assert rec.sampler.guidance_scale == 2.5
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("evaluate", overrides=[*overrides(tmp_path), "+sampler.guidance_scale=3"])
+    with pytest.raises(ConfigError, match="sampler.guidance_scale"):
+        build_reconstructor(cfg, make_module())
+
+
+def test_calibration_coil_maps_are_checked(tmp_path):
+    """coil_maps=calibration: ESPIRiT from the simulated measurement's ACS block, checked.
+
+    The synthetic maps of this cache vary on the scale of 4 of its 16 pixels, more than a
+    16 x 16 ESPIRiT kernel fit resolves: the map check stops the run naming the file, the slice
+    and the ACS width (the phantom, whose maps pass, is in tests/test_measured.py).
+    """
+    from metamri.errors import DataFileError
+
+    with pytest.raises(DataFileError, match=r"file_brain_AXFLAIR_0\.h5: slice 0: coil maps from the "
+                                            r"calibration region \(ACS 8 lines\) are not trustworthy"):
+        run(tmp_path, methods="[zero_filled]", coil_maps="calibration", out="cal8",
+            **{"mask.min_center_lines": "8", "espirit.backend": "sigpy"})
+    with pytest.raises(DataFileError, match=r"AXFLAIR_0.h5: slice 0: the calibration region of the mask \(ACS \d lines, centred\) is too narrow: ESPIRiT needs at least 8"):
+        run(tmp_path, methods="[zero_filled]", coil_maps="calibration", out="cal2")
 
 
 @pytest.mark.slow

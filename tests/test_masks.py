@@ -20,6 +20,8 @@ from metamri.physics.masks import (
     Gaussian1D,
     RandomMask,
     Uniform1D,
+    describe_mask,
+    effective_acceleration,
     seed_from_fname,
 )
 
@@ -160,6 +162,52 @@ def test_file_mask():
      ("equispaced_fraction", EquispacedFractionMask)],
 )
 def test_hydra_configs_instantiate(name, cls):
+    from metamri.preprocess.measured import MIN_ACS_LINES
+
     func = instantiate(OmegaConf.load(CONF / f"{name}.yaml"))
     assert type(func) is cls and func.acceleration == 4 and func.center_fraction == 0.08
     assert func(320, seed=FNAME).sum() in range(60, 101)
+    # enough centre lines for coil maps from the calibration region, at the phantom's 64 too
+    assert func.min_center_lines >= MIN_ACS_LINES
+    assert func(64, seed=FNAME)[32 - MIN_ACS_LINES // 2: 32 - MIN_ACS_LINES // 2 + MIN_ACS_LINES].all()
+
+
+def test_uniform1d_config_is_contextmri_exact():
+    """conf/mask/uniform1d.yaml is the paper's mask: draws with replacement, about 72 distinct of
+    320 lines at 4x (effective 4.47x); 25 centre lines, unchanged by min_center_lines."""
+    func = instantiate(OmegaConf.load(CONF / "uniform1d.yaml"))
+    assert func.with_replacement
+    masks = [func(320, seed=s) for s in range(400)]
+    assert abs(np.mean([m.sum() for m in masks]) - 71.6) < 0.6
+    assert abs(np.mean([effective_acceleration(m) for m in masks]) - 4.47) < 0.05
+    plain = Uniform1D(4, 0.08, with_replacement=True)  # ContextMRI's own centre, no minimum
+    for s in range(20):
+        np.testing.assert_array_equal(func(320, seed=s), plain(320, seed=s))
+    assert plain.center_block(320).sum() == 25
+
+
+@pytest.mark.parametrize("cls", [Uniform1D, Gaussian1D, RandomMask, EquispacedFractionMask])
+def test_min_center_lines_widens_only_narrow_centres(cls):
+    wide = cls(4, 0.08, min_center_lines=8)
+    assert wide.center_block(64).sum() == 8 and cls(4, 0.08).center_block(64).sum() == 5
+    centre = wide.center_block(64)
+    assert centre[32] and np.flatnonzero(centre).tolist() == list(range(28, 36))
+    assert wide(64, seed=FNAME)[28:36].all()
+    for width in (320, 368):  # fastMRI widths: identical masks
+        np.testing.assert_array_equal(wide(width, seed=FNAME), cls(4, 0.08)(width, seed=FNAME))
+    with pytest.raises(ConfigError, match="mask.min_center_lines = -1"):
+        cls(4, 0.08, min_center_lines=-1)
+
+
+def test_masks_describe_themselves_and_their_effective_acceleration():
+    func = Uniform1D(4, 0.08, with_replacement=True, min_center_lines=8)
+    assert func.describe() == {"type": "Uniform1D", "acceleration": 4.0, "center_fraction": 0.08,
+                               "with_replacement": True, "min_center_lines": 8}
+    assert repr(func) == describe_mask(func) == (
+        "Uniform1D(acceleration=4, center_fraction=0.08, with_replacement=True, min_center_lines=8)")
+    assert describe_mask(Gaussian1D(8, 0.04)).startswith("Gaussian1D(acceleration=8, center_fraction=0.04, "
+                                                         "with_replacement=False, std_fraction=0.117188")
+    assert describe_mask(FileMask(np.ones(4))) == "FileMask(width=4, acceleration=1)"
+    m = np.zeros(10, bool)
+    m[[1, 4]] = True
+    assert effective_acceleration(m) == 5.0 and effective_acceleration(np.zeros(3)) == float("inf")

@@ -97,10 +97,51 @@ def test_diffusion_needs_a_checkpoint_and_runs_with_one(tmp_path):
     from metamri.errors import ConfigError
 
     write_file(tmp_path / "a.h5")
-    with pytest.raises(ConfigError, match="ckpt_path"):
+    with pytest.raises(ConfigError, match="prior"):
         run(tmp_path, tmp_path / "a.h5", method="diffusion")
     save_checkpoint(make_module(), tmp_path / "m.ckpt")
-    (out,) = run(tmp_path, tmp_path / "a.h5", method="diffusion", ckpt_path=str(tmp_path / "m.ckpt"))
+    (out,) = run(tmp_path, tmp_path / "a.h5", method="diffusion", prior=str(tmp_path / "m.ckpt"))
     with h5py.File(out, "r") as f:
         rec = f["reconstruction"][()]
     assert rec.shape == (SLICES, *RECON) and np.isfinite(rec).all()
+
+
+def test_output_attrs_state_mask_acceleration_and_coil_maps(tmp_path):
+    import json
+
+    write_file(tmp_path / "a.h5")
+    (out,) = run(tmp_path, tmp_path / "a.h5", method="cs")
+    with h5py.File(out, "r") as f:
+        attrs = dict(f.attrs)
+    # 16 columns: the configured 20% centre is 3 lines, raised to min_center_lines = 8; the 4x
+    # budget is 4 lines, so the centre alone is sampled: an effective 2x
+    assert attrs["mask"] == ("Uniform1D(acceleration=4, center_fraction=0.2, with_replacement=True, "
+                             "min_center_lines=8)")
+    assert attrs["acceleration"] == pytest.approx(2.0) and attrs["acs_lines"] == 8
+    assert attrs["coil_maps"] == "calibration" and json.loads(attrs["espirit"])["backend"] == "sigpy"
+    assert json.loads(attrs["cs"])["n_iter"] == 20 and "p99" in attrs["scaling"]
+
+
+def test_narrow_calibration_region_stops_with_the_file_and_acs_width(tmp_path):
+    """A file's own mask with a 4-line centre: ESPIRiT from it is refused, naming file, slice, ACS."""
+    from metamri.errors import DataFileError
+
+    mask = np.zeros(PHASE, np.float32)
+    mask[6:10] = 1  # 4 centred lines (W // 2 = 8)
+    mask[[0, 3, 13]] = 1
+    write_file(tmp_path / "in" / "file_brain_AXFLAIR_2.h5", mask=mask)
+    with pytest.raises(DataFileError) as err:
+        run(tmp_path, tmp_path / "in", method="zero_filled")
+    msg = str(err.value)
+    assert "file_brain_AXFLAIR_2.h5: slice 0:" in msg and "ACS 4 lines" in msg
+    assert "at least 8" in msg and "min_center_lines" in msg
+
+
+def test_reconstruct_refuses_settings_a_measured_file_cannot_have(tmp_path):
+    from metamri.errors import ConfigError
+
+    write_file(tmp_path / "a.h5")
+    with pytest.raises(ConfigError, match="coil_maps = 'fully_sampled'"):
+        run(tmp_path, tmp_path / "a.h5", method="zero_filled", coil_maps="fully_sampled")
+    with pytest.raises(ConfigError, match="scaling = 'reference'"):
+        run(tmp_path, tmp_path / "a.h5", method="zero_filled", scaling="reference")

@@ -172,6 +172,87 @@ def test_diffusion_needs_module_and_sampler():
         Reconstructor(FULL, ("zero_filled", "diffusion"))
     with pytest.raises(ConfigError, match="methods"):
         Reconstructor(FULL, ("wavelets",))
+    with pytest.raises(ConfigError, match="coil_maps = 'espirit'"):
+        Reconstructor(FULL, ("zero_filled",), coil_maps="espirit")
+    with pytest.raises(ConfigError, match="scaling = 'p95'"):
+        Reconstructor(FULL, ("zero_filled",), scaling="p95")
+
+
+def test_measured_scaling_is_undone_in_the_output():
+    """scaling="measured": y / s is reconstructed and multiplied back, so a full mask still
+    returns the ground truth in normalised units; zero-filled is independent of the scale."""
+    sample = make_sample()
+    ref = Reconstructor(FULL, ("zero_filled",))(sample)
+    meas = Reconstructor(FULL, ("zero_filled",), scaling="measured")(sample)
+    np.testing.assert_allclose(meas.images["zero_filled"], ref.images["zero_filled"], atol=1e-5)
+    assert Reconstructor(FULL, ("zero_filled",), scaling="measured").describe()["scaling"] == "measured"
+
+
+# -- one builder for evaluate, reconstruct and the callback --------------------------------------
+def _group(*overrides: str):
+    """The ``reconstruction`` group as the callback composes it (conf/callbacks/reconstruction.yaml)."""
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    return cfg.callbacks.reconstruction
+
+
+def test_the_callback_composes_the_shared_group_with_only_its_cheap_overrides():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from tests.conftest import REPO
+
+    cb_cfg = _group()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        ev = compose("evaluate")
+    group = OmegaConf.to_container(cb_cfg.reconstruction)
+    shared = {k: OmegaConf.to_container(ev)[k] for k in group}
+    assert group["methods"] == ["zero_filled", "diffusion"] and group["sampler"]["num_steps"] == 50
+    group["methods"], group["sampler"]["num_steps"] = shared["methods"], shared["sampler"]["num_steps"]
+    assert group == shared  # everything else is the evaluation's setup
+    cb = ReconstructionCallback(cb_cfg.reconstruction, every_n_val=cb_cfg.every_n_val)
+    assert cb.methods == ("zero_filled", "diffusion") and cb.every_n_val == 5
+
+
+def test_builder_finishes_the_sampler_with_the_module_schedule_and_the_guidance_knob():
+    from metamri.evaluation.builder import build_reconstructor
+
+    module = make_module()
+    module.noise_scheduler.alphas_cumprod = module.noise_scheduler.alphas_cumprod ** 2  # not the default
+    cfg = _group("callbacks.reconstruction.reconstruction.guidance_scale=3").reconstruction
+    rec = Reconstructor.from_config(cfg, module)
+    assert rec.sampler.guidance_scale == 3.0 and rec.sampler.num_steps == 50
+    grid = rec.sampler.grid
+    torch.testing.assert_close(grid.alpha_bar, module.noise_scheduler.alphas_cumprod[grid.timesteps].double())
+    assert type(rec.mask).__name__ == "Uniform1D" and rec.mask.with_replacement
+    assert rec.describe()["mask"] == ("Uniform1D(acceleration=4, center_fraction=0.08, "
+                                      "with_replacement=True, min_center_lines=8)")
+    # no prior: the diffusion method is refused, naming the key
+    from metamri.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="prior"):
+        build_reconstructor(cfg, None)
+    with pytest.raises(ConfigError, match="cs.lamba"):
+        build_reconstructor({**dict(cfg), "cs": {"lamba": 1.0}}, module, methods=["cs"])
+
+
+def test_schedule_reaches_the_sampler():
+    """The module's alphas_cumprod decide the sampler's DDIM grid."""
+    from metamri.evaluation.builder import build_sampler
+
+    module = make_module()
+    conf = {"_target_": "metamri.sampling.dds.DecomposedDiffusionSampler", "num_steps": 4}
+    default = build_sampler(conf)
+    module.noise_scheduler.alphas_cumprod = torch.linspace(0.999, 0.5, 1000)
+    finished = build_sampler(conf, module, 2.0)
+    assert finished.guidance_scale == 2.0 and default.guidance_scale == 1.0
+    torch.testing.assert_close(finished.grid.alpha_bar, torch.linspace(0.999, 0.5, 1000)[
+        finished.grid.timesteps].double())
+    assert not torch.allclose(default.grid.alpha_bar, finished.grid.alpha_bar)
 
 
 # -- sharding ------------------------------------------------------------------------------------
@@ -225,10 +306,11 @@ class _Data(L.LightningDataModule):
 def test_callback_logs_val_metrics_and_writes_csv(tmp_path):
     samples = [make_sample(f"f{v}.h5", 0, seed=v) for v in range(4)]
     cb = ReconstructionCallback(
-        FileMask(np.ones(SIZE, dtype=bool)),
-        sampler={"_target_": "metamri.sampling.dds.DecomposedDiffusionSampler", "num_steps": 3,
-                 "gamma": 100.0},
-        methods=("zero_filled", "diffusion"), val_slices=2,
+        {"mask": FileMask(np.ones(SIZE, dtype=bool)),
+         "sampler": {"_target_": "metamri.sampling.dds.DecomposedDiffusionSampler", "num_steps": 3,
+                     "gamma": 100.0},
+         "methods": ["zero_filled", "diffusion"]},
+        val_slices=2,
     )
     module = MetaDiffusionModule(unet=UNET, encoder=ENCODER, ema_decay=0.9)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, limit_train_batches=1, limit_val_batches=1, logger=False,
@@ -242,7 +324,9 @@ def test_callback_logs_val_metrics_and_writes_csv(tmp_path):
     table = MetricTable.from_csv(csv)
     assert [(r.fname, r.method) for r in table] == [("f0.h5", "diffusion"), ("f0.h5", "zero_filled"),
                                                    ("f1.h5", "diffusion"), ("f1.h5", "zero_filled")]
-    assert "| diffusion | 2 | 2 |" in (tmp_path / "reconstruction" / "val_step000001_summary.md").read_text()
+    summary = (tmp_path / "reconstruction" / "val_step000001_summary.md").read_text()
+    assert "| diffusion | 2 | 2 |" in summary
+    assert "- mask: `FileMask(width=16, acceleration=1)`; effective acceleration 1.000x" in summary
     assert json.loads(json.dumps(float(trainer.callback_metrics["val/ssim"]))) <= 1.0
 
 
@@ -250,10 +334,11 @@ def test_trainer_test_scores_the_whole_test_split(tmp_path):
     """``trainer.test`` runs the module's test_step (fixed-noise loss) and the callback's test stage."""
     samples = [make_sample(f"f{v}.h5", 0, seed=v) for v in range(4)]
     cb = ReconstructionCallback(
-        FileMask(np.ones(SIZE, dtype=bool)),
-        sampler={"_target_": "metamri.sampling.dds.DecomposedDiffusionSampler", "num_steps": 3,
-                 "gamma": 100.0},
-        methods=("zero_filled", "diffusion"), every_n_val=0,
+        {"mask": FileMask(np.ones(SIZE, dtype=bool)),
+         "sampler": {"_target_": "metamri.sampling.dds.DecomposedDiffusionSampler", "num_steps": 3,
+                     "gamma": 100.0},
+         "methods": ["zero_filled", "diffusion"]},
+        every_n_val=0,
     )
     module = MetaDiffusionModule(unet=UNET, encoder=ENCODER)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
@@ -281,7 +366,7 @@ def test_wandb_panels_are_visible_images(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     samples = [make_sample(f"f{v}.h5", 0, seed=v) for v in range(2)]
-    cb = ReconstructionCallback(FileMask(np.ones(SIZE, dtype=bool)), methods=("zero_filled",),
+    cb = ReconstructionCallback({"mask": FileMask(np.ones(SIZE, dtype=bool)), "methods": ["zero_filled"]},
                                 every_n_val=0, n_panels=1)
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="metamri-test")
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=logger, enable_progress_bar=False,

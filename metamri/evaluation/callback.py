@@ -16,55 +16,52 @@ Rank 0 writes ``<run_dir>/reconstruction/<stage>_metrics.csv`` and ``<stage>_sum
 :class:`~lightning.pytorch.loggers.WandbLogger` is attached, logs image panels
 (ground truth | zero-filled | reconstruction | error | std, see :mod:`.panels`) and the
 per-slice table.
+
+The reconstruction setup is the shared ``reconstruction`` config group (as
+``metamri.evaluate``): ``conf/callbacks/reconstruction.yaml`` composes
+``conf/reconstruction/default.yaml`` under its ``reconstruction`` key, and the callback
+builds the :class:`Reconstructor` from it with the module being trained
+(:func:`~metamri.evaluation.builder.build_reconstructor`: the mask instantiated, the
+sampler finished with the module's noise schedule and the group's ``guidance_scale``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from metamri.evaluation.builder import build_reconstructor
 from metamri.evaluation.panels import make_panel, panel_caption, to_uint8
 from metamri.evaluation.reconstructor import METHODS, Reconstructor
-from metamri.evaluation.run import evaluate_split, method_means, write_outputs
+from metamri.evaluation.run import evaluate_split, method_means, setup_lines, write_outputs
 
 log = logging.getLogger(__name__)
 
 
-def build_sampler(sampler: Any, module: Any) -> Any:
-    """A ready sampler: ``sampler`` itself, or ``sampler(alphas_cumprod=...)`` of the module's schedule.
+def _plain(cfg: Any) -> dict[str, Any]:
+    """A Hydra node (resolved) or mapping as a plain dict; ``None`` as ``{}``."""
+    from omegaconf import OmegaConf
 
-    ``sampler`` may be a sampler object (has ``sample``), a factory (a Hydra
-    ``_partial_: true`` config instantiated to a ``functools.partial``), or a dict config.
-    """
-    if sampler is None or hasattr(sampler, "sample"):
-        return sampler
-    alphas = None
-    sched = getattr(module, "noise_scheduler", None)
-    if sched is not None:
-        alphas = sched.alphas_cumprod
-    if isinstance(sampler, Mapping):
-        from hydra.utils import instantiate
-
-        return instantiate(dict(sampler), alphas_cumprod=alphas)
-    return sampler(alphas_cumprod=alphas)
+    if OmegaConf.is_config(cfg):
+        return dict(OmegaConf.to_container(cfg, resolve=True))
+    return dict(cfg or {})
 
 
 class ReconstructionCallback(Callback):
     """Posterior-sampling reconstructions and their metrics during ``fit`` and ``test``.
 
     Args:
-        mask: Mask function (``mask((H, W), seed=fname)``).
-        sampler: Sampler object or factory (see :func:`build_sampler`); ``None`` skips diffusion.
-        methods: Methods scored (subset of :data:`~metamri.evaluation.reconstructor.METHODS`).
-        ensemble: K samples per slice.
-        drop_fields, keep_fields: Metadata ablation (see :class:`Reconstructor`).
-        base_seed: Mixed into the ensemble seeds.
-        cs: Keyword arguments of the CS baseline.
+        reconstruction: The ``reconstruction`` group (``conf/reconstruction/default.yaml``;
+            a Hydra node or a mapping): ``mask``, ``sampler``, ``methods``,
+            ``guidance_scale``, ``ensemble``, ``drop_fields`` / ``keep_fields``,
+            ``base_seed``, ``cs``, ``coil_maps``, ``espirit``; ``mask`` and ``sampler`` may
+            be configs or objects (a sampler object is used as it is). Without a
+            ``sampler`` the diffusion method is skipped.
         domain: Domain of the eval split (``"brain"``).
         every_n_val: Reconstruct after every n-th validation epoch; 0 never.
         val_slices: Number of fixed validation slices (the first items of the val split).
@@ -75,14 +72,7 @@ class ReconstructionCallback(Callback):
 
     def __init__(
         self,
-        mask: Callable,
-        sampler: Any = None,
-        methods: Sequence[str] = ("zero_filled", "diffusion"),
-        ensemble: int = 1,
-        drop_fields: Sequence[str] = (),
-        keep_fields: Sequence[str] | None = None,
-        base_seed: int = 0,
-        cs: Mapping[str, Any] | None = None,
+        reconstruction: Mapping[str, Any] | None = None,
         domain: str = "brain",
         every_n_val: int = 1,
         val_slices: int = 2,
@@ -91,20 +81,19 @@ class ReconstructionCallback(Callback):
         output_subdir: str = "reconstruction",
     ) -> None:
         super().__init__()
-        self.mask, self.sampler_cfg = mask, sampler
-        self.methods = tuple(methods)
-        if "diffusion" in self.methods and sampler is None:
-            self.methods = tuple(m for m in self.methods if m != "diffusion")
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
+        self.setup_cfg = _plain(reconstruction)
+        methods = tuple(self.setup_cfg.get("methods") or ("zero_filled", "diffusion"))
+        if "diffusion" in methods and self.setup_cfg.get("sampler") is None:
+            methods = tuple(m for m in methods if m != "diffusion")
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods:
             from metamri.errors import ConfigError
 
-            raise ConfigError("callbacks.reconstruction.methods", list(methods),
+            raise ConfigError("callbacks.reconstruction.reconstruction.methods",
+                              list(self.setup_cfg.get("methods") or []),
                               f"choose a non-empty subset of {list(METHODS)}")
-        self.ensemble, self.base_seed = int(ensemble), int(base_seed)
-        self.drop_fields = list(drop_fields or ())
-        self.keep_fields = None if keep_fields is None else list(keep_fields)
-        self.cs = dict(cs or {})
+        self.methods = methods
+        self.setup_cfg["methods"] = list(methods)
         self.domain = domain
         self.every_n_val, self.val_slices = int(every_n_val), int(val_slices)
         self.max_test_slices = None if max_test_slices is None else int(max_test_slices)
@@ -114,14 +103,8 @@ class ReconstructionCallback(Callback):
 
     # -- pieces --------------------------------------------------------------------------
     def reconstructor(self, pl_module: L.LightningModule) -> Reconstructor:
-        diffusion = "diffusion" in self.methods
-        return Reconstructor(
-            self.mask, self.methods,
-            sampler=build_sampler(self.sampler_cfg, pl_module) if diffusion else None,
-            module=pl_module if diffusion else None, ensemble=self.ensemble,
-            drop_fields=self.drop_fields, keep_fields=self.keep_fields, base_seed=self.base_seed,
-            cs=self.cs,
-        )
+        """The group's :class:`Reconstructor`, with ``pl_module`` as the prior."""
+        return build_reconstructor(self.setup_cfg, pl_module if "diffusion" in self.methods else None)
 
     def primary_method(self) -> str:
         return "diffusion" if "diffusion" in self.methods else self.methods[-1]
@@ -138,8 +121,8 @@ class ReconstructionCallback(Callback):
         dataset = self._dataset(trainer, split)
         if dataset is None or len(dataset) == 0:
             return
-        out = evaluate_split(self.reconstructor(pl_module), dataset, max_slices,
-                             keep_results=self.n_panels)
+        reconstructor = self.reconstructor(pl_module)
+        out = evaluate_split(reconstructor, dataset, max_slices, keep_results=self.n_panels)
         self.last_table = out.table
         primary = self.primary_method()
         for metric in ("psnr", "ssim", "nmse"):
@@ -150,7 +133,8 @@ class ReconstructionCallback(Callback):
         if trainer.is_global_zero:
             tag = stage if stage == "test" else f"{stage}_step{trainer.global_step:06d}"
             run_dir = Path(trainer.default_root_dir)  # the run directory (conf: ${paths.output_dir})
-            csv_path, _ = write_outputs(out.table, run_dir / self.output_subdir, tag)
+            csv_path, _ = write_outputs(out.table, run_dir / self.output_subdir, tag,
+                                        setup_lines(reconstructor, out))
             log.info("%s reconstruction metrics (%d slices) -> %s\n%s", stage, out.n_slices,
                      csv_path, out.table.format_summary())
             self._log_wandb(trainer, stage, out)

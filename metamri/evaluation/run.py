@@ -7,8 +7,10 @@ merged (:func:`~metamri.evaluation.sharding.gather_rows`), and rank 0 writes
 
 * ``<out_dir>/<stage>_metrics.csv``: one row per (fname, slice, frame, method)
   (:meth:`metamri.metrics.MetricTable.to_csv`, atomic), and
-* ``<out_dir>/<stage>_summary.md``: a markdown table of mean ± std over slices
-  (sample std, ddof 1) and over volumes per method.
+* ``<out_dir>/<stage>_summary.md``: the setup (mask type and parameters, its effective
+  acceleration ``W / sampled columns`` as the mean over the slices, which coil maps,
+  the methods' settings: :func:`setup_lines`) and a markdown table of mean ± std over
+  slices (sample std, ddof 1) and over volumes per method.
 
 Metrics are computed on magnitudes in normalised units (the slice's p99 divisor
 cancels in PSNR/SSIM/NMSE because ``data_range`` is the ground truth's maximum).
@@ -18,12 +20,12 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
 from metamri.evaluation.reconstructor import Reconstructor, SliceResult
-from metamri.evaluation.sharding import dist_info, gather_rows, shard_indices
+from metamri.evaluation.sharding import dist_info, gather_objects, gather_rows, shard_indices
 from metamri.metrics.table import MetricTable
 from metamri.utils.io import write_text_atomic
 
@@ -38,11 +40,19 @@ class SplitEvaluation:
         table: The merged per-slice rows of every process (identical on every rank).
         results: This process's first ``keep_results`` :class:`SliceResult` (for panels).
         n_slices: Slices evaluated over all processes.
+        accelerations: ``{slice_id: W / sampled columns}`` of every slice, all processes.
     """
 
     table: MetricTable
     results: list[SliceResult]
     n_slices: int
+    accelerations: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def effective_acceleration(self) -> float:
+        """Mean over slices of ``W / sampled columns`` (NaN without slices)."""
+        values = list(self.accelerations.values())
+        return float(sum(values) / len(values)) if values else float("nan")
 
 
 def evaluate_split(
@@ -65,20 +75,55 @@ def evaluate_split(
     rank, world = dist_info()
     local = MetricTable()
     kept: list[SliceResult] = []
+    accel: dict[str, float] = {}
     for i in shard_indices(n, rank, world):
         result = reconstructor(dataset[i])
         reconstructor.score(result, local, lpips_metric)
+        accel[result.key.slice_id] = result.effective_acceleration
         log.debug("reconstructed %s in %s", result.key, result.timings)
         if len(kept) < keep_results:
             kept.append(result)
-    return SplitEvaluation(MetricTable(gather_rows(local.rows)), kept, n)
+    merged: dict[str, float] = {}
+    for part in gather_objects(accel):
+        merged.update(part)
+    return SplitEvaluation(MetricTable(gather_rows(local.rows)), kept, n, dict(sorted(merged.items())))
 
 
-def summary_markdown(table: MetricTable, digits: int = 4) -> str:
-    """A markdown table: per method, mean ± std over slices of PSNR (dB), SSIM, NMSE, LPIPS."""
+def setup_lines(reconstructor: Reconstructor, evaluation: SplitEvaluation | None = None) -> list[str]:
+    """What a summary states about its setup, one line each (markdown).
+
+    The mask (type and parameters) with its effective acceleration (``W / sampled
+    columns``, mean over the evaluated slices), the coil maps, and the methods' settings.
+    """
+    info = reconstructor.describe()
+    mask = f"mask: `{info['mask']}`"
+    if evaluation is not None and evaluation.accelerations:
+        mask += (f"; effective acceleration {evaluation.effective_acceleration:.3f}x "
+                 f"(W / sampled columns, mean over {len(evaluation.accelerations)} slices)")
+    maps = {"fully_sampled": "ESPIRiT from the fully sampled k-space, the maps preprocessing cached",
+            "calibration": "ESPIRiT from the calibration region of the measurement"}[info["coil_maps"]]
+    lines = [mask, f"coil maps: {info['coil_maps']}: {maps}"
+             + (f" ({info['espirit']})" if "espirit" in info else "")]
+    lines.append("scaling: " + {"measured": "measured (y / p99 of the zero-filled image, as for a measured file)",
+                                "reference": "reference (the cached p99 of the fully sampled MVUE)"}[info["scaling"]])
+    if "cs" in info:
+        lines.append(f"cs: {info['cs']}")
+    if "sampler" in info:
+        extra = "".join(f", {k}={info[k]}" for k in ("drop_fields", "keep_fields") if k in info)
+        lines.append(f"diffusion: {info['sampler']}, {info['num_steps']} steps, guidance_scale="
+                     f"{info['guidance_scale']}, ensemble K={info['ensemble']}{extra}")
+    return lines
+
+
+def summary_markdown(table: MetricTable, digits: int = 4, notes: list[str] | tuple[str, ...] = ()) -> str:
+    """A markdown table: per method, mean ± std over slices of PSNR (dB), SSIM, NMSE, LPIPS.
+
+    ``notes`` (e.g. :func:`setup_lines`) come first, one ``- `` bullet each.
+    """
     summary = table.summary()
     metrics = ("psnr", "ssim", "nmse", "lpips")
-    lines = ["| method | slices | volumes | " + " | ".join(metrics) + " |",
+    head = [f"- {n}" for n in notes] + ([""] if notes else [])
+    lines = head + ["| method | slices | volumes | " + " | ".join(metrics) + " |",
              "|---|---|---|" + "---|" * len(metrics)]
     for method in dict.fromkeys(summary.index.get_level_values(0)):
         cells = []
@@ -96,14 +141,16 @@ def _fmt(x: float, digits: int) -> str:
     return "n/a" if math.isnan(x) else f"{x:.{digits}g}"
 
 
-def write_outputs(table: MetricTable, out_dir: str | PathLike[str], stage: str) -> tuple[Path, Path]:
-    """Write ``<stage>_metrics.csv`` and ``<stage>_summary.md`` into ``out_dir`` (atomically)."""
+def write_outputs(table: MetricTable, out_dir: str | PathLike[str], stage: str,
+                  notes: list[str] | tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """Write ``<stage>_metrics.csv`` and ``<stage>_summary.md`` (with ``notes``) into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / f"{stage}_metrics.csv"
     table.to_csv(csv_path)
     md_path = out_dir / f"{stage}_summary.md"
-    write_text_atomic(md_path, f"# {stage} metrics (mean ± std over slices)\n\n{summary_markdown(table)}")
+    write_text_atomic(md_path, f"# {stage} metrics (mean ± std over slices)\n\n"
+                               f"{summary_markdown(table, notes=notes)}")
     return csv_path, md_path
 
 

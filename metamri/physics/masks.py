@@ -21,9 +21,11 @@ Mask types:
   lines drawn uniformly / with a Gaussian density centred on DC (std
   ``W * 15 / 128``). ContextMRI draws with replacement (``np.random.choice`` /
   ``np.random.normal``) and lets draws land in the centre block, so it samples
-  fewer distinct lines than its budget; by default we draw distinct lines outside
-  the centre until exactly ``W // acceleration`` lines are sampled.
-  ``with_replacement=True`` reproduces ContextMRI's draw counts instead.
+  fewer distinct lines than its budget: at W = 320, 4x, 25 centre lines plus 55
+  uniform draws give about 72 distinct lines, an effective 4.47x.
+  ``with_replacement=True`` reproduces that (the paper's setting, and the default of
+  ``conf/mask/uniform1d.yaml``); ``False`` draws distinct lines outside the centre
+  until exactly ``W // acceleration`` lines are sampled.
 * :class:`RandomMask` and :class:`EquispacedFractionMask`: fastMRI's
   ``RandomMaskFunc`` / ``EquispacedMaskFractionFunc`` with one
   (acceleration, centre fraction) pair. They draw from ``np.random.RandomState``
@@ -31,6 +33,17 @@ Mask types:
   a ``str`` seed (a file name) is turned into ``tuple(map(ord, fname))``, the seed
   fastMRI's data transforms use, so file-seeded masks equal fastMRI's too.
 * :class:`FileMask`: the mask stored in a (test) data file.
+
+Centre lines: ``min_center_lines`` (default 0, off) raises the centre block to at least
+that many lines. Coil maps estimated from the calibration region need a minimum
+number of centre lines (:data:`metamri.preprocess.measured.MIN_ACS_LINES`); at the
+phantom's 64 columns an 8% centre is only 5 lines, while at fastMRI's 320 it is 25,
+so the configs (``conf/mask/*.yaml``) set ``min_center_lines: 8``, which changes
+nothing at fastMRI widths (8% of W >= 8 for W >= 100).
+
+Every mask function reports what it is (:meth:`MaskFunc.describe`) and a drawn mask
+its effective acceleration (:func:`effective_acceleration`: ``W / sampled columns``),
+which every result states.
 """
 
 from __future__ import annotations
@@ -62,6 +75,27 @@ def seed_from_fname(fname: str) -> int:
     return int.from_bytes(hashlib.sha256(fname.encode("utf-8")).digest()[:4], "little")
 
 
+def effective_acceleration(mask: np.ndarray) -> float:
+    """``W / sampled columns`` of a (W,) mask (``inf`` when nothing is sampled)."""
+    mask = np.asarray(mask).reshape(-1) != 0
+    n = int(mask.sum())
+    return float(mask.size / n) if n else float("inf")
+
+
+def describe_mask(mask) -> str:
+    """One line naming a mask function and its parameters, e.g.
+    ``"Uniform1D(acceleration=4, center_fraction=0.08, with_replacement=True, min_center_lines=8)"``."""
+    if not hasattr(mask, "describe"):
+        return repr(mask)
+    params = dict(mask.describe())
+    name = params.pop("type")
+    return f"{name}({', '.join(f'{k}={_fmt(v)}' for k, v in params.items())})"
+
+
+def _fmt(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
+
+
 def _width(shape: Shape) -> int:
     """Width of the phase-encode axis: an int, or the last entry of a shape."""
     if isinstance(shape, int | np.integer):
@@ -84,14 +118,17 @@ class MaskFunc:
             in (0, 1), with ``center_fraction * acceleration < 1`` (the block must
             fit inside the line budget).
         seed: Seed of the object's own generator, used when called with ``seed=None``.
+        min_center_lines: The centre block has at least this many lines (0: the
+            fraction alone decides, as ContextMRI and fastMRI do).
 
     Raises:
-        ConfigError: ``acceleration < 1`` or ``center_fraction`` outside the range,
-            naming the config key (``mask.acceleration`` / ``mask.center_fraction``).
+        ConfigError: ``acceleration < 1``, ``center_fraction`` outside the range or a
+            negative ``min_center_lines``, naming the config key (``mask.<key>``).
     """
 
     def __init__(
-        self, acceleration: float = 4, center_fraction: float = 0.08, seed: int | None = None
+        self, acceleration: float = 4, center_fraction: float = 0.08, seed: int | None = None,
+        min_center_lines: int = 0,
     ) -> None:
         try:
             acceleration = float(acceleration)
@@ -113,8 +150,13 @@ class MaskFunc:
                 "mask.center_fraction", center_fraction,
                 f"the centre block alone exceeds the line budget 1/acceleration = {1 / acceleration:.4g}",
             )
+        if isinstance(min_center_lines, bool) or not (
+            isinstance(min_center_lines, int | np.integer) and min_center_lines >= 0
+        ):
+            raise ConfigError("mask.min_center_lines", min_center_lines, "must be an integer >= 0")
         self.acceleration = acceleration
         self.center_fraction = center_fraction
+        self.min_center_lines = int(min_center_lines)
         self.rng = self._make_rng(seed)
 
     # -- randomness ---------------------------------------------------------------------------
@@ -153,9 +195,19 @@ class MaskFunc:
         """Draw a ``(width,)`` bool mask with ``rng``. Subclasses implement this."""
         raise NotImplementedError
 
+    def describe(self) -> dict:
+        """``{"type": class name, <parameter>: value, ...}``: what results record of the mask."""
+        out = {"type": type(self).__name__, "acceleration": self.acceleration,
+               "center_fraction": self.center_fraction}
+        out.update(self._extra_params())
+        out["min_center_lines"] = self.min_center_lines
+        return out
+
+    def _extra_params(self) -> dict:
+        return {}
+
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(acceleration={self.acceleration:g}, "
-                f"center_fraction={self.center_fraction:g})")
+        return describe_mask(self)
 
 
 class _ContextMRIMask(MaskFunc):
@@ -167,13 +219,18 @@ class _ContextMRIMask(MaskFunc):
         center_fraction: float = 0.08,
         seed: int | None = None,
         with_replacement: bool = False,
+        min_center_lines: int = 0,
     ) -> None:
-        super().__init__(acceleration, center_fraction, seed)
+        super().__init__(acceleration, center_fraction, seed, min_center_lines)
         self.with_replacement = bool(with_replacement)
 
+    def _extra_params(self) -> dict:
+        return {"with_replacement": self.with_replacement}
+
     def center_block(self, width: int) -> np.ndarray:
-        """``int(W * cf)`` lines starting at ``W // 2 - n // 2`` (ContextMRI's ACS block)."""
-        n_center = max(int(width * self.center_fraction), 1)
+        """``max(int(W * cf), min_center_lines)`` lines starting at ``W // 2 - n // 2``
+        (ContextMRI's ACS block)."""
+        n_center = min(max(int(width * self.center_fraction), self.min_center_lines, 1), width)
         start = width // 2 - n_center // 2
         mask = np.zeros(width, dtype=bool)
         mask[start : start + n_center] = True
@@ -249,11 +306,15 @@ class Gaussian1D(_ContextMRIMask):
         seed: int | None = None,
         with_replacement: bool = False,
         std_fraction: float = 15.0 / 128.0,
+        min_center_lines: int = 0,
     ) -> None:
-        super().__init__(acceleration, center_fraction, seed, with_replacement)
+        super().__init__(acceleration, center_fraction, seed, with_replacement, min_center_lines)
         if not std_fraction > 0:
             raise ConfigError("mask.std_fraction", std_fraction, "must be positive")
         self.std_fraction = float(std_fraction)
+
+    def _extra_params(self) -> dict:
+        return {**super()._extra_params(), "std_fraction": self.std_fraction}
 
     def outer_weights(self, width: int) -> np.ndarray:
         k = np.arange(width) - width // 2
@@ -275,8 +336,8 @@ class _FastMRIMask(MaskFunc):
         return tuple(map(ord, fname))  # fastmri.data.transforms (use_seed=True)
 
     def n_center(self, width: int) -> int:
-        """``round(W * center_fraction)`` low-frequency lines (fastMRI)."""
-        return round(width * self.center_fraction)
+        """``round(W * center_fraction)`` low-frequency lines (fastMRI), at least ``min_center_lines``."""
+        return min(max(round(width * self.center_fraction), self.min_center_lines), width)
 
     def center_block(self, width: int) -> np.ndarray:
         """fastMRI's centre block: ``n`` lines from ``(W - n + 1) // 2``."""
@@ -322,9 +383,13 @@ class EquispacedFractionMask(_FastMRIMask):
         center_fraction: float = 0.08,
         seed: int | None = None,
         offset: int | None = None,
+        min_center_lines: int = 0,
     ) -> None:
-        super().__init__(acceleration, center_fraction, seed)
+        super().__init__(acceleration, center_fraction, seed, min_center_lines)
         self.offset = offset
+
+    def _extra_params(self) -> dict:
+        return {} if self.offset is None else {"offset": self.offset}
 
     def sample(self, width: int, rng: np.random.RandomState) -> np.ndarray:
         n_c = self.n_center(width)
@@ -362,6 +427,10 @@ class FileMask:
     def acceleration(self) -> float:
         """``W / number of sampled lines``."""
         return self.mask.size / max(int(self.mask.sum()), 1)
+
+    def describe(self) -> dict:
+        """``{"type": "FileMask", "width": W, "acceleration": W / sampled}``."""
+        return {"type": "FileMask", "width": int(self.mask.size), "acceleration": self.acceleration}
 
     def __call__(self, shape: Shape, seed: Seed = None) -> np.ndarray:
         width = _width(shape)

@@ -7,7 +7,9 @@ Examples::
         espirit.backend=sigpy image_size=64 workers=2
 
 Keys (``conf/preprocess.yaml``): ``input_dir`` (a directory, a file or a list),
-``cache_dir``, ``espirit.{backend, calib_size, threshold, kernel_size, crop}``,
+``cache_dir``, ``espirit.{backend, calib_size, kernel_size, threshold, crop}`` (the
+``espirit`` group, ``conf/espirit/default.yaml``: an
+:class:`~metamri.preprocess.espirit.EspiritParams`),
 ``image_size``, ``cardiac_frames``, ``cine_maps``, ``workers``, ``overwrite``, ``progress``.
 Prints a summary (processed / skipped / failed, with each failed file's error)
 and exits with status 1 if any volume failed.
@@ -21,6 +23,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from metamri.errors import MetamriError
+from metamri.preprocess.espirit import EspiritParams
 from metamri.preprocess.pipeline import preprocess_directory
 
 
@@ -32,14 +35,15 @@ def run(cfg: DictConfig) -> int:
     size = cfg.image_size
     size = OmegaConf.to_object(size) if OmegaConf.is_list(size) else size
     try:
+        espirit = EspiritParams.from_config(cfg.espirit)
         summary = preprocess_directory(
             inputs,
             cfg.cache_dir,
-            espirit_backend=cfg.espirit.backend,
-            calib_size=cfg.espirit.calib_size,
-            threshold=cfg.espirit.threshold,
-            kernel_size=cfg.espirit.kernel_size,
-            crop=cfg.espirit.crop,
+            espirit_backend=espirit.backend,
+            calib_size=espirit.calib_size,
+            threshold=espirit.threshold,
+            kernel_size=espirit.kernel_size,
+            crop=espirit.crop,
             image_size=size,
             cardiac_frames=frames,
             cine_maps=cfg.get("cine_maps", "time_average"),

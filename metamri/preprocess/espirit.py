@@ -9,11 +9,18 @@ their maps agree (a test checks it):
 * :class:`SigpyEspirit` runs ``sigpy.mri.app.EspiritCalib(kspace, calib_width=<calib>,
   kernel_width=<kernel>, thresh=<threshold>, crop=<crop>)``.
 
-Parameters (defaults are sigpy's, which also serve ContextMRI-style pipelines):
+Parameters: one frozen :class:`EspiritParams` (``backend``, ``calib_size``,
+``kernel_size``, ``threshold``, ``crop``) carries them, with its defaults written
+once, there; ``conf/espirit/default.yaml`` instantiates it for the command lines
+(``python -m metamri.preprocess``, ``metamri.evaluate``, ``metamri.reconstruct``).
+The defaults are sigpy's, which also serve ContextMRI-style pipelines:
 
 * ``calib_size = 24``: side of the central (calib x calib) k-space block used
   for calibration (BART ``-r``, sigpy ``calib_width``). The data are fully
-  sampled here, so BART's auto-detected region is exactly this block.
+  sampled here, so BART's auto-detected region is exactly this block. Measured
+  (undersampled) data calibrate on their fully sampled centre instead:
+  :mod:`metamri.preprocess.measured` caps the block at the ACS width and refuses
+  ACS blocks too narrow for trustworthy maps.
 * ``kernel_size = 6``: side of the k-space kernel (BART ``-k``, sigpy ``kernel_width``).
 * ``threshold = 0.02``: singular vectors of the calibration matrix whose singular
   value exceeds ``threshold * sigma_max`` span the signal subspace (sigpy's
@@ -24,6 +31,7 @@ Parameters (defaults are sigpy's, which also serve ContextMRI-style pipelines):
 * ``crop = 0.95``: maps are set to zero where the ESPIRiT eigenvalue (<= 1, the
   same quantity in both tools) is at or below ``crop``: outside the object, so
   the MVUE there is zero.
+* ``backend = "auto"``: BART when ``bart`` is on PATH, else sigpy.
 
 Phase convention. ESPIRiT defines each pixel's map only up to a phase
 ``S(r) e^{i phi(r)}``, and the tools fix it differently (sigpy: coil 0 real;
@@ -42,8 +50,9 @@ the object and zero where cropped.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -74,6 +83,117 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+def _check_params(calib_size: Any, kernel_size: Any, threshold: Any, crop: Any, key: str = "espirit") -> None:
+    """Raise :class:`ConfigError` (naming ``<key>.<field>``) on invalid ESPIRiT parameters."""
+    if isinstance(calib_size, bool) or not (isinstance(calib_size, int | np.integer) and calib_size >= 2):
+        raise ConfigError(f"{key}.calib_size", calib_size, "must be an integer >= 2")
+    if isinstance(kernel_size, bool) or not (
+        isinstance(kernel_size, int | np.integer) and 1 <= kernel_size <= calib_size
+    ):
+        raise ConfigError(
+            f"{key}.kernel_size", kernel_size, f"must be an integer in [1, calib_size={calib_size}]"
+        )
+    if not 0.0 < float(threshold) < 1.0:
+        raise ConfigError(f"{key}.threshold", threshold, "must lie in (0, 1)")
+    if not 0.0 <= float(crop) < 1.0:
+        raise ConfigError(f"{key}.crop", crop, "must lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class EspiritParams:
+    """ESPIRiT settings, the one place their defaults are written.
+
+    ``conf/espirit/default.yaml`` instantiates this class (``_target_``), and every
+    caller (preprocessing, ``metamri.evaluate``, ``metamri.reconstruct``) takes one.
+
+    Attributes:
+        backend: ``"auto"`` (BART when ``bart`` is on PATH, else sigpy), ``"bart"`` or ``"sigpy"``.
+        calib_size: Side of the central calibration block, k-space samples (BART ``-r``,
+            sigpy ``calib_width``).
+        kernel_size: Side of the calibration kernel, k-space samples (BART ``-k``,
+            sigpy ``kernel_width``); at most ``calib_size``.
+        threshold: Relative singular-value threshold in (0, 1), sigpy's convention
+            (BART gets ``threshold**2``).
+        crop: Maps are zeroed where the ESPIRiT eigenvalue is <= ``crop``, in [0, 1).
+
+    Raises:
+        ConfigError: A value outside its range, naming ``espirit.<field>``.
+
+    Example:
+        >>> p = EspiritParams(backend="sigpy", calib_size=16)
+        >>> p.replace(kernel_size=4).kernel_size
+        4
+    """
+
+    backend: str = "auto"
+    calib_size: int = 24
+    kernel_size: int = 6
+    threshold: float = 0.02
+    crop: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError("espirit.backend", self.backend, f"unknown ESPIRiT backend; choose one of {BACKENDS}")
+        _check_params(self.calib_size, self.kernel_size, self.threshold, self.crop)
+        object.__setattr__(self, "calib_size", int(self.calib_size))
+        object.__setattr__(self, "kernel_size", int(self.kernel_size))
+        object.__setattr__(self, "threshold", float(self.threshold))
+        object.__setattr__(self, "crop", float(self.crop))
+
+    @classmethod
+    def from_config(cls, cfg: Any = None) -> EspiritParams:
+        """``cfg`` as parameters: an :class:`EspiritParams`, a mapping (a Hydra node, its
+        ``_target_`` ignored) of some of the fields, or ``None`` (the defaults).
+
+        Raises:
+            ConfigError: An unknown key (``espirit.<key>``) or an invalid value.
+        """
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, cls):
+            return cfg
+        try:
+            from omegaconf import OmegaConf
+
+            if OmegaConf.is_config(cfg):
+                cfg = OmegaConf.to_container(cfg, resolve=True)
+        except ImportError:  # pragma: no cover - omegaconf ships with hydra
+            pass
+        items = {k: v for k, v in dict(cfg).items() if k != "_target_"}
+        known = {f.name for f in fields(cls)}
+        for key in items:
+            if key not in known:
+                raise ConfigError(f"espirit.{key}", items[key], "unknown ESPIRiT parameter",
+                                  hint=f"known: {sorted(known)}")
+        return cls(**items)
+
+    def replace(self, **changes: Any) -> EspiritParams:
+        """A copy with ``changes`` applied (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def resolved(self) -> EspiritParams:
+        """A copy with ``backend`` resolved (``"auto"`` -> ``"bart"`` / ``"sigpy"``)."""
+        return self.replace(backend=resolve_backend(self.backend))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The five fields as a JSON-ready dict."""
+        return asdict(self)
+
+    def estimator(self, **extras: Any) -> EspiritEstimator:
+        """The estimator of these parameters (backend resolved).
+
+        Args:
+            **extras: ``align`` and backend extras (``threads`` for BART, ``max_iter`` for sigpy).
+        """
+        cls = {"bart": BartEspirit, "sigpy": SigpyEspirit}[resolve_backend(self.backend)]
+        return cls(calib_size=self.calib_size, threshold=self.threshold, kernel_size=self.kernel_size,
+                   crop=self.crop, **extras)
+
+
+#: The defaults, for the estimators' own fields.
+_DEFAULT = EspiritParams()
+
+
 @dataclass(frozen=True)
 class EspiritEstimator(ABC):
     """ESPIRiT calibration with fixed parameters; call it on one slice's k-space.
@@ -86,25 +206,16 @@ class EspiritEstimator(ABC):
         align: Apply :func:`align_phase` (the common phase convention).
     """
 
-    calib_size: int = 24
-    threshold: float = 0.02
-    kernel_size: int = 6
-    crop: float = 0.95
+    calib_size: int = _DEFAULT.calib_size
+    threshold: float = _DEFAULT.threshold
+    kernel_size: int = _DEFAULT.kernel_size
+    crop: float = _DEFAULT.crop
     align: bool = True
 
     name: ClassVar[str]
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.calib_size, int | np.integer) and self.calib_size >= 2):
-            raise ConfigError("espirit.calib_size", self.calib_size, "must be an integer >= 2")
-        if not (isinstance(self.kernel_size, int | np.integer) and 1 <= self.kernel_size <= self.calib_size):
-            raise ConfigError(
-                "espirit.kernel_size", self.kernel_size, f"must be an integer in [1, calib_size={self.calib_size}]"
-            )
-        if not 0.0 < float(self.threshold) < 1.0:
-            raise ConfigError("espirit.threshold", self.threshold, "must lie in (0, 1)")
-        if not 0.0 <= float(self.crop) < 1.0:
-            raise ConfigError("espirit.crop", self.crop, "must lie in [0, 1)")
+        _check_params(self.calib_size, self.kernel_size, self.threshold, self.crop)
 
     def params(self) -> dict[str, Any]:
         """JSON-ready parameters, with the backend name (stored in the cache)."""
@@ -190,40 +301,36 @@ class SigpyEspirit(EspiritEstimator):
         )
 
 
-def make_estimator(backend: Backend = "auto", **params: Any) -> EspiritEstimator:
+def make_estimator(backend: Backend | EspiritParams = "auto", **params: Any) -> EspiritEstimator:
     """The estimator of ``backend`` (``"auto"`` resolved) with ``params``.
 
     Args:
-        backend: ``"auto"`` (BART when installed, else sigpy), ``"bart"`` or ``"sigpy"``.
+        backend: ``"auto"`` (BART when installed, else sigpy), ``"bart"`` or ``"sigpy"``;
+            or an :class:`EspiritParams` (then ``params`` holds only extras).
         **params: ``calib_size``, ``threshold``, ``kernel_size``, ``crop``, ``align``
-            and backend extras (``threads`` for BART, ``max_iter`` for sigpy).
+            and backend extras (``threads`` for BART, ``max_iter`` for sigpy); those
+            not given take :class:`EspiritParams`' defaults.
     """
+    if isinstance(backend, EspiritParams):
+        return backend.estimator(**params)
     cls = {"bart": BartEspirit, "sigpy": SigpyEspirit}[resolve_backend(backend)]
     return cls(**params)
 
 
-def estimate_maps(
-    kspace: np.ndarray,
-    *,
-    backend: Backend = "auto",
-    calib_size: int = 24,
-    threshold: float = 0.02,
-    kernel_size: int = 6,
-    crop: float = 0.95,
-) -> np.ndarray:
+def estimate_maps(kspace: np.ndarray, params: EspiritParams | None = None, **overrides: Any) -> np.ndarray:
     """ESPIRiT maps of one slice (see the module docstring for the parameters).
 
     Args:
-        kspace: complex (coils, readout, phase) fully sampled k-space.
-        backend: ``"auto"`` | ``"bart"`` | ``"sigpy"``.
+        kspace: complex (coils, readout, phase) k-space, fully sampled at least in
+            the central calibration block.
+        params: The parameters (default :class:`EspiritParams`).
+        **overrides: Fields of :class:`EspiritParams` replaced, e.g. ``backend="bart"``.
 
     Returns:
         complex64 (coils, readout, phase) maps in the common phase convention.
     """
-    estimator = make_estimator(
-        backend, calib_size=calib_size, threshold=threshold, kernel_size=kernel_size, crop=crop
-    )
-    return estimator(kspace)
+    params = (params or _DEFAULT).replace(**overrides) if overrides else (params or _DEFAULT)
+    return params.estimator()(kspace)
 
 
 def virtual_coil(kspace: np.ndarray, calib_size: int) -> np.ndarray:

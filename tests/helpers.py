@@ -61,3 +61,17 @@ def assert_names(err: pytest.ExceptionInfo, path: Path, *words: str) -> None:
     assert path.name in msg, msg
     for word in words:
         assert word in msg, (word, msg)
+
+
+def image_batch(metadata, size: int, domains=None):
+    """A seeded random :class:`~metamri.data.batch.ImageBatch` (B, 2, size, size) over ``metadata``."""
+    from metamri.data.batch import ImageBatch
+
+    b = len(metadata)
+    g = torch.Generator().manual_seed(0)
+    return ImageBatch(
+        image=torch.randn(b, 2, size, size, generator=g), metadata=list(metadata),
+        domain=list(domains) if domains is not None else ["brain"] * b,
+        fname=[f"f{i}.h5" for i in range(b)], slice_index=torch.arange(b),
+        frame=torch.full((b,), -1), scale=torch.ones(b),
+    )

@@ -20,6 +20,7 @@ from metamri.training import (
     parameter_counts,
     trainable_parameters,
 )
+from tests.helpers import image_batch
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 UNET = {"_target_": "metamri.models.unet.build_unet", "preset": "tiny"}
@@ -29,13 +30,7 @@ FLAIR = Metadata(anatomy="brain", contrast="AXFLAIR", sequence="TurboSpinEcho", 
 
 
 def _batch(b: int = 4, size: int = 32) -> ImageBatch:
-    g = torch.Generator().manual_seed(0)
-    return ImageBatch(
-        image=torch.randn(b, 2, size, size, generator=g),
-        metadata=[FLAIR.replace(te=80.0 + 10 * i, slice=float(i)) for i in range(b)],
-        domain=["brain"] * b, fname=[f"f{i}.h5" for i in range(b)],
-        slice_index=torch.arange(b), frame=torch.full((b,), -1), scale=torch.ones(b),
-    )
+    return image_batch([FLAIR.replace(te=80.0 + 10 * i, slice=float(i)) for i in range(b)], size)
 
 
 def _module(finetune: dict) -> MetaDiffusionModule:

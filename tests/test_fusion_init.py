@@ -31,7 +31,7 @@ from metamri.metadata import Metadata
 from metamri.models import build_unet
 from metamri.models.tiny_contextmri import write_tiny_contextmri
 from metamri.training import MetaDiffusionModule
-from tests.helpers import write_tiny_bert
+from tests.helpers import image_batch, write_tiny_bert
 
 FLAIR = Metadata(anatomy="brain", contrast="AXFLAIR", sequence="TurboSpinEcho", slice=3,
                  tr=9000, te=86, ti=2500, ti_stored=2500, flip_angle=150)
@@ -76,11 +76,7 @@ def _pair(arch: str, mode: str, assets) -> tuple[MetaDiffusionModule, MetaDiffus
 
 
 def _batch(size: int) -> ImageBatch:
-    g = torch.Generator().manual_seed(0)
-    b = len(RECORDS)
-    return ImageBatch(image=torch.randn(b, 2, size, size, generator=g), metadata=RECORDS,
-                      domain=["brain", "brain", "cardiac", "brain"], fname=[f"f{i}.h5" for i in range(b)],
-                      slice_index=torch.arange(b), frame=torch.full((b,), -1), scale=torch.ones(b))
+    return image_batch(RECORDS, size, ["brain", "brain", "cardiac", "brain"])
 
 
 def _eps(module: MetaDiffusionModule, size: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ from metamri.models import build_unet
 from metamri.models.tiny_contextmri import write_tiny_contextmri
 from metamri.training import LoraFinetune, MetaDiffusionModule
 from metamri.training.finetune import adapter_counts, lora_targets
+from tests.helpers import image_batch
 
 FLAIR = Metadata(anatomy="brain", contrast="AXFLAIR", sequence="TurboSpinEcho", slice=3,
                  tr=9000, te=86, ti=2500, ti_stored=2500, flip_angle=150)
@@ -93,13 +94,7 @@ def test_explicit_list_still_works_and_leaves_the_rest_frozen():
 
 
 def _batch(size: int, b: int = 4) -> ImageBatch:
-    g = torch.Generator().manual_seed(0)
-    return ImageBatch(
-        image=torch.randn(b, 2, size, size, generator=g),
-        metadata=[FLAIR.replace(te=80.0 + 10 * i, slice=float(i)) for i in range(b)],
-        domain=["brain"] * b, fname=[f"f{i}.h5" for i in range(b)],
-        slice_index=torch.arange(b), frame=torch.full((b,), -1), scale=torch.ones(b),
-    )
+    return image_batch([FLAIR.replace(te=80.0 + 10 * i, slice=float(i)) for i in range(b)], size)
 
 
 @pytest.mark.parametrize("arch", ["contextmri_tiny", "tiny"])

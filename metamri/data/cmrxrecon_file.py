@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import math
 import re
 import struct
 import time
@@ -45,6 +44,7 @@ from metamri.data.sample import KSpaceSlice
 from metamri.errors import DataFileError, MetadataError
 from metamri.metadata.record import Metadata
 from metamri.utils.io import atomic_output
+from metamri.utils.parse import finite_number
 
 KSPACE_FULL = "kspace_full"
 SIDECAR_NAME = "cine_info.csv"
@@ -268,7 +268,7 @@ def _read_sidecar_cached(
                 if not cell:
                     values[field] = None
                 elif column in _NUMERIC_COLUMNS:
-                    values[field] = _number(cell, path, column, line)
+                    values[field] = finite_number(cell, path, column, f"line {line}: ")
                 elif column == "pathology":
                     labels = tuple(sorted({v.strip() for v in cell.split(";") if v.strip()}))
                     values[field] = labels or None
@@ -276,16 +276,6 @@ def _read_sidecar_cached(
                     values[field] = cell
             table[(pid, view)] = values
     return table
-
-
-def _number(cell: str, path: str, column: str, line: int) -> float:
-    try:
-        value = float(cell)
-    except ValueError:
-        raise DataFileError(path, f"line {line}: not a number", field=column, value=cell) from None
-    if not math.isfinite(value):
-        raise DataFileError(path, f"line {line}: not a finite number", field=column, value=cell)
-    return value
 
 
 def find_sidecar(start: str | PathLike[str], levels: int = SIDECAR_SEARCH_LEVELS) -> Path | None:

@@ -100,7 +100,8 @@ def setup_lines(reconstructor: Reconstructor, evaluation: SplitEvaluation | None
     if evaluation is not None and evaluation.accelerations:
         mask += (f"; effective acceleration {evaluation.effective_acceleration:.3f}x "
                  f"(W / sampled columns, mean over {len(evaluation.accelerations)} slices)")
-    maps = {"fully_sampled": "ESPIRiT from the fully sampled k-space, the maps preprocessing cached",
+    maps = {"fully_sampled": "ESPIRiT from the fully sampled k-space with the preprocessing's "
+                             "settings (computed on first use, then cached)",
             "calibration": "ESPIRiT from the calibration region of the measurement"}[info["coil_maps"]]
     lines = [mask, f"coil maps: {info['coil_maps']}: {maps}"
              + (f" ({info['espirit']})" if "espirit" in info else "")]

@@ -24,7 +24,6 @@ the fastMRI files) to metamri: ``read_contextmri_table(path).get(fname, slice)``
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from os import PathLike
@@ -34,6 +33,7 @@ from metamri.errors import DataFileError, MetadataError
 from metamri.metadata.contrast import acquisition_from_contextmri
 from metamri.metadata.record import Metadata
 from metamri.metadata.rules import is_inversion_recovery
+from metamri.utils.parse import finite_number
 
 #: The columns of ContextMRI's tables, in its order.
 CONTEXTMRI_COLUMNS: tuple[str, ...] = (
@@ -122,13 +122,7 @@ def contextmri_row_to_metadata(row: Mapping[str, str | None], *, path: str | Pat
         text = cell(column)
         if text is None:
             return None
-        try:
-            value = float(text)
-        except ValueError:
-            raise DataFileError(path, f"{where}not a number", field=column, value=text) from None
-        if not math.isfinite(value):
-            raise DataFileError(path, f"{where}not a finite number", field=column, value=text)
-        return value
+        return finite_number(text, path, column, where)
 
     slice_index = number("slice")
     if slice_index is None or slice_index < 0 or not slice_index.is_integer():

@@ -27,36 +27,22 @@ from typing import Any
 
 import torch
 
-#: ContextMRI's UNet layout (see ``CONTEXTMRI`` in :mod:`metamri.models.unet`) at toy width.
+from metamri.models.unet import CONTEXTMRI
+
+#: ContextMRI's UNet layout (``CONTEXTMRI`` in :mod:`metamri.models.unet`) at toy width:
+#: the same block types, norms, text addition embedding and context projection.
 TINY_CONTEXTMRI_UNET: dict[str, Any] = {
+    **CONTEXTMRI,
     "sample_size": 32,
-    "in_channels": 2,
-    "out_channels": 2,
-    "act_fn": "silu",
     "block_out_channels": (16, 32),
     "layers_per_block": 1,
     "down_block_types": ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-    "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
     "up_block_types": ("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
     "attention_head_dim": 8,
     "cross_attention_dim": 32,
-    "cross_attention_norm": "group_norm",
     "encoder_hid_dim": 32,
-    "addition_embed_type": "text",
     "addition_embed_type_num_heads": 4,
-    "resnet_time_scale_shift": "scale_shift",
-    "resnet_skip_time_act": False,
-    "resnet_out_scale_factor": 1.0,
-    "mid_block_scale_factor": 1,
-    "downsample_padding": 1,
     "norm_num_groups": 8,
-    "norm_eps": 1e-5,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "only_cross_attention": False,
-    "upcast_attention": False,
-    "use_linear_projection": False,
-    "time_embedding_type": "positional",
 }
 
 TEXT_WIDTH = 32

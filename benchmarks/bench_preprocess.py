@@ -35,7 +35,7 @@ from metamri.bart import bart_executable
 from metamri.data.readers import open_volume
 from metamri.phantom.generate import generate_domain
 from metamri.physics.fft import ifft2c_np, rss
-from metamri.preprocess.espirit import make_estimator, map_agreement
+from metamri.preprocess.espirit import EspiritParams, make_estimator, map_agreement
 from metamri.preprocess.pipeline import PreprocessParams, preprocess_volume
 
 SECTION = "## Preprocessing"
@@ -64,7 +64,7 @@ def run_case(name: str, spec: dict, repeats: int, work: Path) -> dict:
     out: dict = {"name": name, "kspace": volume.kspace_shape, "slices": len(volume), **spec}
     maps = {}
     for backend in ("bart", "sigpy"):
-        params = PreprocessParams(espirit_backend=backend)
+        params = PreprocessParams(espirit=EspiritParams(backend=backend))
         vol_times = []
         for r in range(repeats):
             t0 = time.perf_counter()

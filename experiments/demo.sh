@@ -30,6 +30,6 @@ PYEOF
 
 if [ -f metamri/evaluate.py ]; then
   echo "== 4. reconstruct the phantom test split at 4x and score it"
-  $PY -m metamri.evaluate paths.root_dir="$ROOT" ckpt_path="$RUN/checkpoints/last.ckpt" \
+  $PY -m metamri.evaluate paths.root_dir="$ROOT" prior="$RUN/checkpoints/last.ckpt" \
     hydra.run.dir="$ROOT/logs/demo/evaluate" ${DEMO_EVAL_ARGS:-}
 fi

@@ -49,7 +49,7 @@ diffusion() {  # $1 = label, $2 = experiment, $3 = K, then extra overrides
   local label=$1 exp=$2 k=$3; shift 3
   done_eval "eval_${label}_k$k" && return 0
   $PY -m metamri.evaluate paths.root_dir="$ROOT" hydra.run.dir="$OUT/eval_${label}_k$k" \
-    'methods=[diffusion]' ckpt_path="$OUT/train_$exp/checkpoints/last.ckpt" ensemble="$k" "$@"
+    'methods=[diffusion]' prior="$OUT/train_$exp/checkpoints/last.ckpt" ensemble="$k" "$@"
 }
 for k in $ENSEMBLES; do
   echo "== posterior sampling (DDS, 100 steps, K = $k)"

@@ -33,7 +33,7 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     for domain, overrides in TINY_PHANTOM.items():
         generate_domain(domain, root / "raw" / domain, seed=0, **overrides)
         preprocess_directory(
-            root / "raw" / domain, root / "cache", espirit_backend="sigpy", calib_size=12,
+            root / "raw" / domain, root / "cache", espirit={"backend": "sigpy", "calib_size": 12},
             image_size=32, cardiac_frames="all", progress=False,
         )
     return {"raw": root / "raw", "cache": root / "cache"}
@@ -59,8 +59,8 @@ def compose_train(overrides: list[str], root: Path, data: dict[str, Path]):
             cfg.data.sources.brain = str(data["raw"] / "brain")
         if cfg.data.sources.get("cardiac") is not None:
             cfg.data.sources.cardiac = str(data["raw"] / "cardiac")
-        cfg.data.preprocess.espirit_backend = "sigpy"
-        cfg.data.preprocess.calib_size = 12
+        cfg.data.preprocess.espirit.backend = "sigpy"
+        cfg.data.preprocess.espirit.calib_size = 12
         cfg.data.preprocess.image_size = 32
         cfg.data.preprocess.cardiac_frames = "all"
         cfg.trainer.max_steps = 2

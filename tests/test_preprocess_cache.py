@@ -36,7 +36,7 @@ from metamri.preprocess.cache import (
     source_info,
     write_entry,
 )
-from metamri.preprocess.espirit import estimate_maps
+from metamri.preprocess.espirit import EspiritParams, estimate_maps, make_estimator
 from metamri.preprocess.mvue import crop_or_pad, from_two_channel, mvue
 from metamri.preprocess.pipeline import (
     PreprocessError,
@@ -352,10 +352,10 @@ def test_rerun_on_an_up_to_date_cache_does_no_espirit_work(raw, tmp_path, monkey
     third = preprocess_directory(root, tmp_path / "cache", cardiac_frames=[0], progress=False)
     assert [p.name for p in third.processed] == ["P001_sax.h5"] and spy.calls == espirit_calls + CINE_SLICES
     # an ESPIRiT parameter invalidates everything; overwrite recomputes regardless
-    fourth = preprocess_directory(root, tmp_path / "cache", crop=0.9, cardiac_frames=[0], progress=False)
+    fourth = preprocess_directory(root, tmp_path / "cache", espirit={"crop": 0.9}, cardiac_frames=[0], progress=False)
     assert len(fourth.processed) == 3
     calls = spy.calls
-    preprocess_directory(root, tmp_path / "cache", crop=0.9, cardiac_frames=[0], overwrite=True, progress=False)
+    preprocess_directory(root, tmp_path / "cache", espirit={"crop": 0.9}, cardiac_frames=[0], overwrite=True, progress=False)
     assert spy.calls == calls + 2 * SLICES + CINE_SLICES
 
 
@@ -477,6 +477,18 @@ def test_discover_sources(tmp_path):
         discover_sources(tmp_path / "nope")
 
 
+def test_params_hold_one_espirit_object_and_record_the_same_json():
+    """``PreprocessParams.espirit`` is an :class:`EspiritParams` (a mapping is accepted); the
+    cache record keeps its flat ESPIRiT fields, and an entry's record rebuilds the parameters."""
+    params = PreprocessParams(espirit={"backend": "sigpy", "calib_size": 12}, image_size=8)
+    assert params.espirit == EspiritParams(backend="sigpy", calib_size=12)
+    record = params.cache_params("fastmri_brain")
+    assert record["espirit"] == make_estimator("sigpy", calib_size=12, threshold=0.02, kernel_size=6,
+                                               crop=0.95).params()
+    assert PreprocessParams.from_cache_params("fastmri_brain", record) == params
+    assert PreprocessParams().resolved().espirit.backend in {"bart", "sigpy"}
+
+
 def test_params_validation():
     assert PreprocessParams(image_size=64).image_size == (64, 64)
     assert PreprocessParams(cardiac_frames=[0, 2]).cardiac_frames == (0, 2)
@@ -485,7 +497,7 @@ def test_params_validation():
     with pytest.raises(Exception, match="cardiac_frames = 'some'"):
         PreprocessParams(cardiac_frames="some")
     with pytest.raises(Exception, match="espirit.crop"):
-        PreprocessParams(crop=2.0)
+        PreprocessParams(espirit={"crop": 2.0})
 
 
 # -- coil maps: not in the training entries, computed on first use for evaluation ------------------
@@ -497,7 +509,7 @@ def test_pipeline_entries_hold_no_maps_and_maps_are_recomputed_exactly(raw, tmp_
     stores them beside the entry."""
     root, _ = raw
     cache = tmp_path / "cache"
-    preprocess_directory(root / "brain", cache, espirit_backend="sigpy", calib_size=12, progress=False)
+    preprocess_directory(root / "brain", cache, espirit={"backend": "sigpy", "calib_size": 12}, progress=False)
     path = cache / "brain" / "file_brain_a.h5"
     with h5py.File(path) as f:
         assert "maps" not in f and int(f.attrs["version"]) == CACHE_VERSION == 3
@@ -527,13 +539,13 @@ def test_pipeline_entries_hold_no_maps_and_maps_are_recomputed_exactly(raw, tmp_
     assert not list(cache.rglob("*.tmp"))
     # the maps files do not count as entries, and are not taken for raw files
     assert [p.name for p in all_entries(cache)] == ["file_brain_a.h5", "file_brain_b.h5"]
-    assert len(preprocess_directory(root / "brain", cache, espirit_backend="sigpy", calib_size=12,
+    assert len(preprocess_directory(root / "brain", cache, espirit={"backend": "sigpy", "calib_size": 12},
                                     progress=False).skipped) == 2
     # rewriting the entry (other parameters) deletes its maps; a stale maps file is not served
     stale = cache / "brain" / "maps" / "file_brain_b" / "s0000.h5"
     read_maps(read_index(cache / "brain" / "file_brain_b.h5"), [0])
     assert stale.is_file()
-    preprocess_directory(root / "brain", cache, espirit_backend="sigpy", calib_size=12, crop=0.9, progress=False)
+    preprocess_directory(root / "brain", cache, espirit={"backend": "sigpy", "calib_size": 12, "crop": 0.9}, progress=False)
     assert not (cache / "brain" / "maps" / "file_brain_a").exists() and not stale.exists()
     calls = spy.calls
     new = read_maps(read_index(path), [0])
@@ -545,7 +557,7 @@ def test_pipeline_entries_hold_no_maps_and_maps_are_recomputed_exactly(raw, tmp_
 def test_stale_maps_file_is_recomputed_not_served(raw, tmp_path):
     root, _ = raw
     cache = tmp_path / "cache"
-    preprocess_directory(root / "brain" / "file_brain_a.h5", cache, espirit_backend="sigpy", calib_size=12,
+    preprocess_directory(root / "brain" / "file_brain_a.h5", cache, espirit={"backend": "sigpy", "calib_size": 12},
                          progress=False)
     index = read_index(cache / "brain" / "file_brain_a.h5")
     good = read_maps(index, [0])[0]
@@ -561,7 +573,7 @@ def test_stale_maps_file_is_recomputed_not_served(raw, tmp_path):
 def test_maps_need_the_unchanged_raw_file(raw, tmp_path):
     root = copy_raw(raw, tmp_path / "raw")
     cache = tmp_path / "cache"
-    preprocess_directory(root / "brain", cache, espirit_backend="sigpy", calib_size=12, progress=False)
+    preprocess_directory(root / "brain", cache, espirit={"backend": "sigpy", "calib_size": 12}, progress=False)
     a, b = (read_index(cache / "brain" / f"file_brain_{n}.h5") for n in "ab")
     with open(root / "brain" / "file_brain_a.h5", "r+b") as fh:  # same size, new bytes and mtime
         fh.seek(-8, os.SEEK_END)

@@ -23,7 +23,7 @@ from metamri.evaluation.reconstructor import Reconstructor
 from metamri.metrics import psnr
 from metamri.physics.fft import fft2c_np
 from metamri.physics.masks import FileMask
-from metamri.preprocess.espirit import estimate_maps
+from metamri.preprocess.espirit import EspiritParams, estimate_maps
 from metamri.preprocess.mvue import crop_or_pad, from_two_channel, mvue
 from tests.conftest import REPO
 
@@ -70,6 +70,20 @@ def test_an_experiment_keeps_the_real_preset_given_on_the_command_line(tmp_path)
     dm = instantiate(cfg.data)
     assert dm.ood_ratio == (1, 5) and dm.phantom is None and dm.preprocess_kwargs["image_size"] == 320
     assert dm.allow_crop == {"cardiac"} and dm.pool.max_open == 64
+
+
+@pytest.mark.parametrize("name", ["brain", "cardiac", "mixed", *REAL])
+def test_data_presets_compose_the_espirit_group(name, tmp_path):
+    """``data.preprocess.espirit`` is ``conf/espirit/default.yaml`` (overridable), and the data
+    module hands it to preprocessing as an :class:`EspiritParams`."""
+    overrides = [f"data={name}", "data.preprocess.espirit.backend=sigpy", "data.preprocess.espirit.calib_size=12"]
+    data = compose_train(overrides).data
+    for key in [k for k in data.sources if OmegaConf.is_missing(data.sources, k)]:
+        data.sources[key] = str(tmp_path / key)
+    assert EspiritParams.from_config(data.preprocess.espirit) == EspiritParams(backend="sigpy", calib_size=12)
+    assert "espirit_backend" not in data.preprocess and "calib_size" not in data.preprocess
+    dm = instantiate(data)
+    assert EspiritParams.from_config(dm.preprocess_kwargs["espirit"]) == EspiritParams(backend="sigpy", calib_size=12)
 
 
 def test_the_phantom_default_is_unchanged():
@@ -147,7 +161,7 @@ def test_an_evaluation_split_mixing_widths_serves_one_size_with_maps(widths, one
     dm = SliceDataModule(
         sources={"brain": str(root / "raw")}, cache_dir=str(root / "cache"),
         split_fractions={"train": 0.0, "val": 0.0, "test": 1.0},
-        preprocess={"espirit_backend": "sigpy", "calib_size": 12, "image_size": 32, "progress": False},
+        preprocess={"espirit": {"backend": "sigpy", "calib_size": 12}, "image_size": 32, "progress": False},
     )
     dm.prepare_data()
     ds = dm.eval_dataset("test", "brain", load_maps=True)

@@ -19,7 +19,7 @@ def test_two_process_ddp_training_keeps_ranks_in_sync_on_disjoint_batches(tiny_d
         f"paths.root_dir={tmp_path}", f"hydra.run.dir={run}", f"paths.cache_dir={tiny_data['cache']}",
         "data.phantom=null", f"data.sources.brain={tiny_data['raw'] / 'brain'}",
         f"data.sources.cardiac={tiny_data['raw'] / 'cardiac'}", "data.num_workers=0",
-        "data.preprocess.espirit_backend=sigpy", "+data.preprocess.calib_size=12",
+        "data.preprocess.espirit.backend=sigpy", "data.preprocess.espirit.calib_size=12",
         "data.preprocess.image_size=32", "data.preprocess.cardiac_frames=all", "data.batch_size=2",
         "trainer=ddp", "trainer.devices=2", "trainer.max_steps=3", "trainer.enable_progress_bar=false",
         "logger=csv", "~callbacks.rich_progress_bar",

@@ -84,8 +84,9 @@ class SliceDataModule(L.LightningDataModule):
         output_dir: Run directory; the split is written there.
         phantom: Keyword arguments of :func:`metamri.phantom.generate.generate_dataset`
             used when a raw directory is empty (``None``: an empty directory is an error).
-        preprocess: Keyword arguments of the preprocessing run (ESPIRiT backend,
-            image size, cardiac frames, workers; see
+        preprocess: Keyword arguments of the preprocessing run (``espirit``: a mapping of
+            :class:`~metamri.preprocess.espirit.EspiritParams` fields, the ``espirit`` group
+            in the data configs; image size, cardiac frames, workers; see
             :func:`~metamri.preprocess.pipeline.preprocess_directory`), plus
             ``allow_crop``: ``false`` (default), ``true`` or a list of domains whose files
             may be centre-cropped to ``image_size`` (otherwise a file whose recon size

@@ -18,6 +18,7 @@ from metamri.preprocess.cache import (
 from metamri.preprocess.espirit import (
     BartEspirit,
     EspiritEstimator,
+    EspiritParams,
     SigpyEspirit,
     estimate_maps,
     make_estimator,
@@ -40,7 +41,7 @@ from metamri.preprocess.pipeline import (
 )
 
 __all__ = [
-    "CACHE_VERSION", "BartEspirit", "EspiritEstimator", "PreprocessError", "PreprocessParams",
+    "CACHE_VERSION", "BartEspirit", "EspiritEstimator", "EspiritParams", "PreprocessError", "PreprocessParams",
     "PreprocessSummary", "SigpyEspirit", "VolumeEntry", "crop_or_pad", "discover_sources",
     "estimate_maps", "from_two_channel", "is_up_to_date", "make_estimator", "map_agreement", "mvue",
     "p99_normalize", "preprocess_directory", "preprocess_volume", "read_entry", "to_two_channel",

@@ -10,7 +10,8 @@ Keys (``conf/preprocess.yaml``): ``input_dir`` (a directory, a file or a list),
 ``cache_dir``, ``espirit.{backend, calib_size, kernel_size, threshold, crop}`` (the
 ``espirit`` group, ``conf/espirit/default.yaml``: an
 :class:`~metamri.preprocess.espirit.EspiritParams`),
-``image_size``, ``cardiac_frames``, ``cine_maps``, ``workers``, ``overwrite``, ``progress``.
+``image_size``, ``allow_crop``, ``cardiac_frames``, ``cine_maps``, ``workers``, ``overwrite``,
+``progress``.
 Prints a summary (processed / skipped / failed, with each failed file's error)
 and exits with status 1 if any volume failed.
 """
@@ -35,18 +36,14 @@ def run(cfg: DictConfig) -> int:
     size = cfg.image_size
     size = OmegaConf.to_object(size) if OmegaConf.is_list(size) else size
     try:
-        espirit = EspiritParams.from_config(cfg.espirit)
         summary = preprocess_directory(
             inputs,
             cfg.cache_dir,
-            espirit_backend=espirit.backend,
-            calib_size=espirit.calib_size,
-            threshold=espirit.threshold,
-            kernel_size=espirit.kernel_size,
-            crop=espirit.crop,
+            espirit=EspiritParams.from_config(cfg.espirit),
             image_size=size,
             cardiac_frames=frames,
             cine_maps=cfg.get("cine_maps", "time_average"),
+            allow_crop=cfg.allow_crop,
             workers=cfg.workers,
             overwrite=cfg.overwrite,
             progress=cfg.progress,

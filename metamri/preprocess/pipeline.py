@@ -38,9 +38,9 @@ import itertools
 import logging
 import multiprocessing
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ from metamri.preprocess.cache import (
     source_matches,
     write_entry,
 )
-from metamri.preprocess.espirit import EspiritEstimator, make_estimator, resolve_backend
+from metamri.preprocess.espirit import EspiritEstimator, EspiritParams, make_estimator
 from metamri.preprocess.mvue import crop_or_pad, mvue, p99_normalize, to_two_channel
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,9 @@ class PreprocessParams:
     """Everything that decides the content of a cache entry.
 
     Attributes:
-        espirit_backend: ``"auto"`` | ``"bart"`` | ``"sigpy"`` (resolve with :meth:`resolved`).
-        calib_size: ESPIRiT calibration block side, k-space samples.
-        threshold: ESPIRiT relative singular-value threshold.
-        kernel_size: ESPIRiT kernel side, k-space samples.
-        crop: ESPIRiT eigenvalue crop in [0, 1).
+        espirit: ESPIRiT settings (:class:`~metamri.preprocess.espirit.EspiritParams`; a
+            mapping of its fields is accepted); its ``backend`` may be ``"auto"``
+            (resolve with :meth:`resolved`).
         image_size: (H, W) the images and maps are brought to after cropping to
             the recon size, or ``None`` to keep each file's recon size.
         cardiac_frames: Cine frames to keep: ``"all"``, one index, or a tuple of indices.
@@ -101,11 +99,7 @@ class PreprocessParams:
             A guard, not part of an entry's content (left out of :meth:`cache_params`).
     """
 
-    espirit_backend: str = "auto"
-    calib_size: int = 24
-    threshold: float = 0.02
-    kernel_size: int = 6
-    crop: float = 0.95
+    espirit: EspiritParams = EspiritParams()
     image_size: tuple[int, int] | None = None
     cardiac_frames: str | int | tuple[int, ...] = "all"
     cine_maps: str = "time_average"
@@ -114,24 +108,19 @@ class PreprocessParams:
     def __post_init__(self) -> None:
         if self.cine_maps not in CINE_MAPS:
             raise ConfigError("cine_maps", self.cine_maps, f"choose one of {list(CINE_MAPS)}")
+        object.__setattr__(self, "espirit", EspiritParams.from_config(self.espirit))
         object.__setattr__(self, "image_size", _image_size(self.image_size))
         object.__setattr__(self, "cardiac_frames", _frames(self.cardiac_frames))
         object.__setattr__(self, "allow_crop", bool(self.allow_crop))
         self.estimator()  # validates the ESPIRiT parameters (and the backend once resolved)
 
     def resolved(self) -> PreprocessParams:
-        """A copy with ``espirit_backend`` resolved (``"auto"`` -> ``"bart"``/``"sigpy"``)."""
-        return PreprocessParams(**{**self.__dict__, "espirit_backend": resolve_backend(self.espirit_backend)})
+        """A copy with ``espirit.backend`` resolved (``"auto"`` -> ``"bart"``/``"sigpy"``)."""
+        return replace(self, espirit=self.espirit.resolved())
 
     def estimator(self) -> EspiritEstimator:
-        """The ESPIRiT estimator these parameters describe."""
-        return make_estimator(
-            self.espirit_backend,
-            calib_size=int(self.calib_size),
-            threshold=float(self.threshold),
-            kernel_size=int(self.kernel_size),
-            crop=float(self.crop),
-        )
+        """The ESPIRiT estimator these parameters describe (``self.espirit.estimator()``)."""
+        return make_estimator(self.espirit)
 
     def cache_params(self, fmt: str) -> dict[str, Any]:
         """The JSON stored in (and compared with) a cache entry of format ``fmt``.
@@ -160,10 +149,13 @@ class PreprocessParams:
         """
         try:
             esp = params["espirit"]
+            espirit = EspiritParams(
+                backend=str(esp["backend"]), calib_size=int(esp["calib_size"]),
+                kernel_size=int(esp["kernel_size"]), threshold=float(esp["threshold"]),
+                crop=float(esp["crop"]),
+            )
             out = cls(
-                espirit_backend=str(esp["backend"]), calib_size=int(esp["calib_size"]),
-                threshold=float(esp["threshold"]), kernel_size=int(esp["kernel_size"]),
-                crop=float(esp["crop"]), image_size=params["image_size"],
+                espirit=espirit, image_size=params["image_size"],
                 cardiac_frames=params.get("cardiac_frames", "all"),
                 cine_maps=params.get("cine_maps", "time_average"),
             )
@@ -521,11 +513,7 @@ def preprocess_directory(
     inputs: str | PathLike[str] | Sequence[str | PathLike[str]],
     cache_dir: str | PathLike[str],
     *,
-    espirit_backend: str = "auto",
-    calib_size: int = 24,
-    threshold: float = 0.02,
-    kernel_size: int = 6,
-    crop: float = 0.95,
+    espirit: EspiritParams | Mapping[str, Any] | None = None,
     image_size: int | Sequence[int] | None = None,
     cardiac_frames: str | int | Sequence[int] = "all",
     cine_maps: str = "time_average",
@@ -541,8 +529,9 @@ def preprocess_directory(
     Args:
         inputs: Raw data directories or files (see :func:`discover_sources`).
         cache_dir: Cache root (entries go to ``<cache_dir>/<domain>/``).
-        espirit_backend, calib_size, threshold, kernel_size, crop: ESPIRiT
-            (see :mod:`metamri.preprocess.espirit`).
+        espirit: ESPIRiT settings: an :class:`~metamri.preprocess.espirit.EspiritParams`,
+            a mapping of some of its fields (a Hydra node; ``_target_`` ignored) or
+            ``None`` (the defaults); see :meth:`EspiritParams.from_config`.
         image_size: Final (H, W) (an int for a square), ``None``: each file's recon size.
         cardiac_frames: Cine frames kept: ``"all"``, an index, or a list of indices.
         cine_maps: ``"time_average"`` (one ESPIRiT per cine slice) or ``"per_frame"``.
@@ -568,8 +557,7 @@ def preprocess_directory(
     if workers < 0:
         raise ConfigError("workers", workers, "must be >= 0 (0 runs inline)")
     params = PreprocessParams(
-        espirit_backend=espirit_backend, calib_size=calib_size, threshold=threshold,
-        kernel_size=kernel_size, crop=crop, image_size=image_size, cardiac_frames=cardiac_frames,
+        espirit=EspiritParams.from_config(espirit), image_size=image_size, cardiac_frames=cardiac_frames,
         cine_maps=cine_maps, allow_crop=allow_crop,
     ).resolved()
     cache_dir = Path(cache_dir).expanduser()

@@ -233,9 +233,12 @@ def test_hydra_config_composes_and_runs(tmp_path):
             "cardiac.coils=2", "noise.snr=null",
         ])
         defaults = compose(config_name="phantom")
-    # the shipped defaults: CPU-sized
-    assert defaults.brain.image_size == 64 and defaults.brain.patients == 8 and defaults.cardiac.frames == 12
-    assert defaults.brain.coils == 8 and defaults.cardiac.coils == 10
+    # the shipped defaults: CPU-sized (null keys take the preset's values)
+    assert defaults.preset == "default" and defaults.brain.patients is None
+    b = brain_config({k: v for k, v in defaults.brain.items() if v is not None})
+    c = cardiac_config({k: v for k, v in defaults.cardiac.items() if v is not None})
+    assert b.image_size == 64 and b.patients == 8 and c.frames == 12
+    assert b.coils == 8 and c.coils == 10
     manifest = run(cfg)
     assert manifest["config"]["seed"] == 3
     assert manifest["config"]["brain"]["snr"] is None  # noise.snr=null -> noiseless

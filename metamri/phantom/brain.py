@@ -26,6 +26,11 @@ muscle 0.1, everything else 0 (intact blood-brain barrier; fat and CSF do not en
 
 Per patient (:func:`make_brain_phantom`, all drawn from the ``rng`` passed in)
 ---------------------------------------------------------------------------
+The ranges below are :data:`DEFAULT_VARIATION` (the default preset); an
+:class:`AnatomyVariation` passed as ``variation`` widens them and adds per-patient
+shell thicknesses and a ventricular dilation (the ``study`` preset,
+:mod:`metamri.phantom.presets`).
+
 * head size: a global scale 0.92-1.06 times per-axis jitter 0.97-1.03;
 * pose: rotations about the three axes (std 5 deg in-plane, 3 deg pitch and roll)
   and an in-plane shift (std 4 mm);
@@ -56,8 +61,9 @@ angles are not modelled (``tissue.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -95,6 +101,138 @@ _SINUS_HALF_WIDTH_MM = 4.0
 _Z_RANGE_MM = (25.0, 150.0)  # template z (voxel index) range that slices may cover
 _DIST_STEP = 2  # the outside-distance map is computed on a 2 mm grid
 _DIST_PAD = 12  # voxels (of 2 mm) of padding around the template box for the distance map
+_VENTRICLE_SIGMA_MM = (18.0, 30.0, 20.0)  # extent (x, y, z) of the ventricular dilation's Gaussian
+
+
+@dataclass(frozen=True)
+class Shells:
+    """Thicknesses (mm, template space) of the layers outside the brain mask, inner to outer.
+
+    Attributes:
+        csf: Extra-axial CSF (subarachnoid space).
+        skull: Bone (void) with ``marrow_fat`` of its volume yellow marrow (``fat``).
+        scalp_fat: Subcutaneous fat.
+        skin: Skin / galea / muscle (``muscle``).
+        marrow_fat: Fraction of the skull that is marrow fat.
+    """
+
+    csf: float = 3.0
+    skull: float = 6.0
+    scalp_fat: float = 5.0
+    skin: float = 2.0
+    marrow_fat: float = _MARROW_FAT_FRACTION
+
+    def bands(self) -> dict[str, tuple[float, float]]:
+        """(start, end) distance from the brain mask of each layer, mm."""
+        skull_end = self.csf + self.skull
+        fat_end = skull_end + self.scalp_fat
+        return {
+            "csf": (0.0, self.csf),
+            "skull": (self.csf, skull_end),
+            "scalp_fat": (skull_end, fat_end),
+            "skin": (fat_end, fat_end + self.skin),
+        }
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+#: The fixed shells of the default preset (CSF 0-3, skull 3-9, scalp fat 9-14, skin 14-16 mm).
+DEFAULT_SHELLS = Shells()
+assert DEFAULT_SHELLS.bands() == {"csf": _CSF_SHELL, "skull": _SKULL, "scalp_fat": _SCALP_FAT, "skin": _SKIN}
+
+
+@dataclass(frozen=True)
+class DeformationBand:
+    """``modes`` random sinusoidal modes per axis, wavelengths in ``wavelength_mm``, RMS ``rms_mm`` per axis."""
+
+    modes: int
+    wavelength_mm: tuple[float, float]
+    rms_mm: float
+
+
+@dataclass(frozen=True)
+class AnatomyVariation:
+    """Ranges of the per-patient anatomy draws of :func:`make_brain_phantom`.
+
+    The defaults are the default preset's (:data:`DEFAULT_VARIATION`), and with them
+    the random stream is the one the phantom always drew.  Fields set to ``None``
+    at the end are not drawn (the fixed default is used); when set, they are drawn
+    after everything else, in the order listed, so the earlier draws do not move.
+
+    Attributes:
+        fov_mm: Square in-plane field of view, uniform range, mm.
+        fov_fits_head: Widen the drawn field of view where the head would cross an
+            image edge, as an operator would: a coarse probe (3 mm, slice centres) measures
+            the head's in-plane half extent h over the patient's slices and the FOV becomes
+            at least 2 (h + 6 mm); then, should more than half a pixel of tissue still lie
+            along an edge row or column, x 1.05 steps (at most 4); never beyond
+            ``fov_fit_max_mm``.  ``False``: keep the draw.
+        fov_fit_max_mm: Largest field of view ``fov_fits_head`` may widen to, mm.
+        head_scale: Global head scale, uniform range.
+        axis_scale: Per-axis scale factor on top of it (x, y, z independently), uniform range.
+        angle_std_deg: Std of the rotations about x (pitch), y (roll), z (in-plane), deg.
+        shift_std_mm: Std of the in-plane shift, mm.
+        deformation: Bands of elastic sinusoidal modes (each: modes, wavelength range, RMS).
+        min_jacobian: If set, the elastic field is shrunk (x 0.85 until it holds) so that
+            ``det(I + grad d) >= min_jacobian`` on a 10 mm grid over the head: strong
+            fields stay folding-free.  ``None``: no check (the default's 2 mm field
+            never comes near folding).
+        slice_spacing_mm: Centre-to-centre slice spacing, uniform range, mm.
+        z_range_mm: Template z range the slice stack may cover, mm.
+        lesion_radius_mm: Uniform range of each lesion semi-axis, mm.
+        lesion_site_wm: Lesion centres lie where the WM probability exceeds this.
+        enhancing_fraction: Probability that a lesion enhances (AXT1POST).
+        csf_mm, skull_mm, scalp_fat_mm, skin_mm: Per-patient shell thickness ranges
+            (``None``: :data:`DEFAULT_SHELLS`).
+        marrow_fat: Range of the skull's marrow fat fraction (``None``: 0.25).
+        ventricle_dilation: Range of the central dilation strength ``alpha`` in [0, 1):
+            template points are pulled towards the ventricles' centre by
+            ``q -> c + (q - c)(1 - alpha g(q))``, ``g`` a Gaussian of extent
+            (18, 30, 20) mm, which enlarges the ventricles and deep structures by up to
+            ``1 / (1 - alpha)`` and compresses the surrounding white matter (the map is
+            monotonic for alpha < 1: no folding).  ``None``: no dilation.
+    """
+
+    fov_mm: tuple[float, float] = (230.0, 250.0)
+    fov_fits_head: bool = False
+    fov_fit_max_mm: float = 280.0
+    head_scale: tuple[float, float] = (0.92, 1.06)
+    axis_scale: tuple[float, float] = (0.97, 1.03)
+    angle_std_deg: tuple[float, float, float] = (3.0, 3.0, 5.0)
+    shift_std_mm: float = 4.0
+    deformation: tuple[DeformationBand, ...] = (DeformationBand(6, (50.0, 120.0), 2.0),)
+    min_jacobian: float | None = None
+    slice_spacing_mm: tuple[float, float] = (5.0, 6.0)
+    z_range_mm: tuple[float, float] = _Z_RANGE_MM
+    lesion_radius_mm: tuple[float, float] = (2.0, 6.0)
+    lesion_site_wm: float = 0.95
+    enhancing_fraction: float = 0.5
+    csf_mm: tuple[float, float] | None = None
+    skull_mm: tuple[float, float] | None = None
+    scalp_fat_mm: tuple[float, float] | None = None
+    skin_mm: tuple[float, float] | None = None
+    marrow_fat: tuple[float, float] | None = None
+    ventricle_dilation: tuple[float, float] | None = None
+
+    @property
+    def draws_head(self) -> bool:
+        """Whether shells or a dilation are drawn per patient."""
+        return any(
+            v is not None
+            for v in (self.csf_mm, self.skull_mm, self.scalp_fat_mm, self.skin_mm, self.marrow_fat,
+                      self.ventricle_dilation)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready ranges (for the manifest and the docs)."""
+        out = asdict(self)
+        out["deformation"] = [asdict(b) for b in self.deformation]
+        return out
+
+
+#: The default preset's per-patient anatomy ranges.
+DEFAULT_VARIATION = AnatomyVariation()
 
 
 @dataclass(frozen=True)
@@ -186,21 +324,62 @@ class HeadPose:
         }
 
 
-def _draw_pose(rng: np.random.Generator, n_modes: int = 6) -> HeadPose:
-    scale = float(rng.uniform(0.92, 1.06)) * rng.uniform(0.97, 1.03, size=3)
-    angles = rng.normal(0.0, [3.0, 3.0, 5.0])
-    shift = np.array([rng.normal(0, 4.0), rng.normal(0, 4.0), 0.0])
-    directions = rng.normal(size=(n_modes, 3))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    wavelengths = rng.uniform(50.0, 120.0, size=(n_modes, 1))
-    return HeadPose(
+def _draw_pose(rng: np.random.Generator, variation: AnatomyVariation = DEFAULT_VARIATION) -> HeadPose:
+    v = variation
+    scale = float(rng.uniform(*v.head_scale)) * rng.uniform(*v.axis_scale, size=3)
+    angles = rng.normal(0.0, list(v.angle_std_deg))
+    shift = np.array([rng.normal(0, v.shift_std_mm), rng.normal(0, v.shift_std_mm), 0.0])
+    ks, amps, phases = [], [], []
+    for band in v.deformation:
+        n = band.modes
+        directions = rng.normal(size=(n, 3))
+        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        wavelengths = rng.uniform(*band.wavelength_mm, size=(n, 1))
+        ks.append(directions / wavelengths)
+        amps.append(rng.normal(0.0, band.rms_mm / math.sqrt(n) * math.sqrt(2), size=(n, 3)))
+        phases.append(rng.uniform(0, 2 * np.pi, size=(n, 3)))
+    none = np.zeros((0, 3))
+    pose = HeadPose(
         scale=tuple(float(s) for s in scale),
         angles_deg=tuple(float(a) for a in angles),
         shift_mm=tuple(float(s) for s in shift),
-        mode_k=directions / wavelengths,
-        mode_amp=rng.normal(0.0, 2.0 / math.sqrt(n_modes) * math.sqrt(2), size=(n_modes, 3)),
-        mode_phase=rng.uniform(0, 2 * np.pi, size=(n_modes, 3)),
+        mode_k=ks[0] if len(ks) == 1 else np.concatenate(ks) if ks else none,
+        mode_amp=amps[0] if len(amps) == 1 else np.concatenate(amps) if amps else none,
+        mode_phase=phases[0] if len(phases) == 1 else np.concatenate(phases) if phases else none,
     )
+    if v.min_jacobian is not None and len(pose.mode_k):
+        pose = _limit_folding(pose, v.min_jacobian)
+    return pose
+
+
+def min_jacobian_determinant(
+    pose: HeadPose, semi_axes_mm: tuple[float, float, float] = (100.0, 120.0, 100.0), step_mm: float = 10.0
+) -> float:
+    """Smallest ``det(I + grad d)`` of the elastic field ``d`` on a grid over the head.
+
+    The grid (``step_mm`` apart) fills the ellipsoid ``semi_axes_mm`` (x, y, z; scanner mm,
+    head-centred), which holds the largest head the presets draw, scalp included.
+    """
+    if not len(pose.mode_k):
+        return 1.0
+    axes = [np.arange(-a, a + step_mm / 2, step_mm) for a in semi_axes_mm]
+    p = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    p = p[((p / np.asarray(semi_axes_mm)) ** 2).sum(axis=1) <= 1.0]
+    arg = 2 * np.pi * (p @ pose.mode_k.T)  # (P, M)
+    jac = np.broadcast_to(np.eye(3), (len(p), 3, 3)).copy()
+    for i in range(3):  # d d_i / d p_j = sum_m amp[m, i] cos(arg_m + phase[m, i]) 2 pi k[m, j]
+        jac[:, i, :] += (np.cos(arg + pose.mode_phase[:, i]) * pose.mode_amp[:, i]) @ (2 * np.pi * pose.mode_k)
+    return float(np.linalg.det(jac).min())
+
+
+def _limit_folding(pose: HeadPose, min_det: float) -> HeadPose:
+    amp = pose.mode_amp
+    for _ in range(40):
+        trial = dataclasses.replace(pose, mode_amp=amp)
+        if min_jacobian_determinant(trial) >= min_det:
+            return trial
+        amp = amp * 0.85
+    return dataclasses.replace(pose, mode_amp=amp)
 
 
 @dataclass(frozen=True)
@@ -216,6 +395,9 @@ class BrainPhantom:
         template_z: Template z (mm above the template box's bottom) of each slice centre.
         pose: The patient's geometry.
         lesions: The lesions.
+        shells: Per-patient layers outside the brain; ``None``: :data:`DEFAULT_SHELLS`
+            (fixed, not drawn; the manifest then lists no shells, as before presets).
+        ventricle_dilation: Central dilation strength drawn for the patient; ``None``: none.
     """
 
     maps: dict[str, np.ndarray]
@@ -225,6 +407,8 @@ class BrainPhantom:
     template_z: tuple[float, ...]
     pose: HeadPose
     lesions: tuple[Lesion, ...] = field(default=())
+    shells: Shells | None = None
+    ventricle_dilation: float | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -232,8 +416,12 @@ class BrainPhantom:
         return next(iter(self.maps.values())).shape
 
     def describe(self) -> dict[str, Any]:
-        """JSON-ready ground truth of the anatomy (for the manifest)."""
-        return {
+        """JSON-ready ground truth of the anatomy (for the manifest).
+
+        ``shells_mm`` and ``ventricle_dilation`` appear only when they were drawn for
+        the patient (the default preset's manifest is unchanged).
+        """
+        out = {
             "fov_mm": self.fov_mm,
             "slice_thickness_mm": self.slice_thickness_mm,
             "slice_spacing_mm": self.slice_spacing_mm,
@@ -244,6 +432,11 @@ class BrainPhantom:
                 for les in self.lesions
             ],
         }
+        if self.shells is not None:
+            out["shells_mm"] = self.shells.to_dict()
+        if self.ventricle_dilation is not None:
+            out["ventricle_dilation"] = float(self.ventricle_dilation)
+        return out
 
 
 def make_brain_phantom(
@@ -255,6 +448,7 @@ def make_brain_phantom(
     fov_mm: float | None = None,
     deform: bool = True,
     template_z: tuple[float, ...] | None = None,
+    variation: AnatomyVariation | None = None,
 ) -> BrainPhantom:
     """Draw one patient and compute the tissue-fraction maps of its axial slices.
 
@@ -263,27 +457,29 @@ def make_brain_phantom(
         slices: Number of contiguous axial slices.
         image_size: N, pixels per side of the square image.
         max_lesions: Up to this many lesions (uniform count in 0..max_lesions).
-        fov_mm: In-plane field of view in mm; drawn in 230-250 mm when ``None``.
+        fov_mm: In-plane field of view in mm; drawn in ``variation.fov_mm`` when ``None``.
         deform: Apply the random pose and elastic deformation (``False``: the
             template as it is, centred; useful for tests).
         template_z: Slice centres in template z (mm above the template box's
             bottom; the lateral ventricles are near 90, the vertex near 150)
             instead of a random stack; overrides ``slices``.
+        variation: Ranges of the per-patient draws; ``None``: :data:`DEFAULT_VARIATION`.
 
     Returns:
         A :class:`BrainPhantom` with maps of shape (slices, N, N).
     """
     if slices < 1 or image_size < 8:
         raise ValueError(f"need slices >= 1 and image_size >= 8, got {slices}, {image_size}")
+    v = DEFAULT_VARIATION if variation is None else variation
     tpl = load_templates()
-    fov = float(rng.uniform(230.0, 250.0)) if fov_mm is None else float(fov_mm)
-    pose = _draw_pose(rng)
+    fov = float(rng.uniform(*v.fov_mm)) if fov_mm is None else float(fov_mm)
+    pose = _draw_pose(rng, v)
     if not deform:
         none = np.zeros((0, 3))
         pose = HeadPose((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), none, none, none)
     thickness = 5.0
-    spacing = float(rng.uniform(5.0, 6.0))
-    zlo, zhi = _Z_RANGE_MM
+    spacing = float(rng.uniform(*v.slice_spacing_mm))
+    zlo, zhi = v.z_range_mm
     spacing = min(spacing, (zhi - zlo - thickness) / max(slices - 1, 1))
     extent = (slices - 1) * spacing
     z0 = float(rng.uniform(zlo + thickness / 2, zhi - thickness / 2 - extent))
@@ -292,23 +488,92 @@ def make_brain_phantom(
     else:
         template_z = tuple(float(z) for z in template_z)
         z0, extent = min(template_z), max(template_z) - min(template_z)
-    lesions = _draw_lesions(rng, tpl, int(rng.integers(0, max_lesions + 1)), (z0, z0 + extent))
-    maps = _slice_maps(tpl, pose, lesions, template_z, thickness, fov, image_size)
-    return BrainPhantom(maps, fov, thickness, spacing, template_z, pose, lesions)
+    lesions = _draw_lesions(rng, tpl, int(rng.integers(0, max_lesions + 1)), (z0, z0 + extent), v)
+    shells, dilation = None, None
+    if v.draws_head:  # drawn last: the draws above stay those of the default stream
+        d = DEFAULT_SHELLS
+
+        def draw(bounds, fixed):
+            return fixed if bounds is None else float(rng.uniform(*bounds))
+
+        shells = Shells(
+            csf=draw(v.csf_mm, d.csf),
+            skull=draw(v.skull_mm, d.skull),
+            scalp_fat=draw(v.scalp_fat_mm, d.scalp_fat),
+            skin=draw(v.skin_mm, d.skin),
+            marrow_fat=draw(v.marrow_fat, d.marrow_fat),
+        )
+        if v.ventricle_dilation is not None:
+            dilation = float(rng.uniform(*v.ventricle_dilation))
+    kw = dict(shells=DEFAULT_SHELLS if shells is None else shells, dilation=dilation or 0.0)
+    if v.fov_fits_head and fov_mm is None:
+        needed = 2.0 * (_head_half_extent_mm(tpl, pose, template_z, **kw) + 6.0)
+        fov = max(fov, min(needed, v.fov_fit_max_mm))
+    maps = _slice_maps(tpl, pose, lesions, template_z, thickness, fov, image_size, **kw)
+    if v.fov_fits_head and fov_mm is None:
+        for _ in range(4):
+            if edge_occupancy(maps) <= 0.5 or fov >= v.fov_fit_max_mm:
+                break
+            fov = min(fov * 1.05, v.fov_fit_max_mm)
+            maps = _slice_maps(tpl, pose, lesions, template_z, thickness, fov, image_size, **kw)
+    return BrainPhantom(maps, fov, thickness, spacing, template_z, pose, lesions, shells, dilation)
+
+
+def _head_half_extent_mm(
+    tpl: BrainTemplates, pose: HeadPose, template_z: tuple[float, ...], *, probe_mm: float = 360.0, **kw: Any
+) -> float:
+    """In-plane half extent (mm, from the image centre) of the head over the slices' centre planes."""
+    n = int(probe_mm / 3.0)
+    maps = _slice_maps(tpl, pose, (), template_z, 1.0, probe_mm, n, sub=1, **kw)
+    total = sum(maps.values()).max(axis=0)  # (n, n), over slices
+    coords = np.abs((np.arange(n) + 0.5) * (probe_mm / n) - probe_mm / 2)
+    rows, cols = np.nonzero(total > 0.25)
+    if rows.size == 0:
+        return 0.0
+    return float(max(coords[rows].max(), coords[cols].max()) + probe_mm / n / 2)
+
+
+def edge_occupancy(maps: dict[str, np.ndarray]) -> float:
+    """Largest tissue fraction summed along one image edge (first / last row or column) of any slice."""
+    total = sum(maps.values())
+    edges = (total[:, 0, :], total[:, -1, :], total[:, :, 0], total[:, :, -1])
+    return float(max(e.sum(axis=-1).max() for e in edges))
+
+
+@lru_cache(maxsize=4)
+def _lesion_sites(threshold: float) -> np.ndarray:
+    tpl = load_templates()
+    return tpl.wm_core if threshold == 0.95 else np.flatnonzero(tpl.wm > threshold)
+
+
+@lru_cache(maxsize=1)
+def ventricle_center() -> tuple[float, float, float]:
+    """Template voxel centroid of the central CSF (lateral and third ventricles)."""
+    tpl = load_templates()
+    csf = (tpl.mask - tpl.gm - tpl.wm) > 0.7
+    c = np.asarray(tpl.center)
+    box = tuple(slice(int(c[i] - h), int(c[i] + h) + 1) for i, h in enumerate((25, 40, 30)))
+    pts = np.argwhere(csf[box]) + [b.start for b in box]
+    return tuple(float(x) for x in pts.mean(axis=0))
 
 
 def _draw_lesions(
-    rng: np.random.Generator, tpl: BrainTemplates, n: int, z_range: tuple[float, float]
+    rng: np.random.Generator,
+    tpl: BrainTemplates,
+    n: int,
+    z_range: tuple[float, float],
+    variation: AnatomyVariation = DEFAULT_VARIATION,
 ) -> tuple[Lesion, ...]:
-    z = np.unravel_index(tpl.wm_core, tpl.wm.shape)[2]
-    sites = tpl.wm_core[(z >= z_range[0]) & (z <= z_range[1])]
+    all_sites = _lesion_sites(float(variation.lesion_site_wm))
+    z = np.unravel_index(all_sites, tpl.wm.shape)[2]
+    sites = all_sites[(z >= z_range[0]) & (z <= z_range[1])]
     if n == 0 or sites.size == 0:
         return ()
     out = []
     for flat in rng.choice(sites, size=n, replace=False):
         center = tuple(float(c) for c in np.unravel_index(int(flat), tpl.wm.shape))
-        radii = tuple(float(r) for r in rng.uniform(2.0, 6.0, size=3))
-        out.append(Lesion(center, radii, bool(rng.random() < 0.5)))
+        radii = tuple(float(r) for r in rng.uniform(*variation.lesion_radius_mm, size=3))
+        out.append(Lesion(center, radii, bool(rng.random() < variation.enhancing_fraction)))
     return tuple(out)
 
 
@@ -325,9 +590,14 @@ def _slice_maps(
     thickness: float,
     fov: float,
     n: int,
+    *,
+    shells: Shells = DEFAULT_SHELLS,
+    dilation: float = 0.0,
+    sub: int | None = None,
 ) -> dict[str, np.ndarray]:
     pixel = fov / n
-    sub = max(1, math.ceil(pixel / 1.0))  # in-plane sub-samples per pixel (<= 1 mm apart)
+    if sub is None:
+        sub = max(1, math.ceil(pixel / 1.0))  # in-plane sub-samples per pixel (<= 1 mm apart)
     nz = max(1, math.ceil(thickness / 1.0))  # through-plane sub-samples
     m = n * sub
     # scanner coordinates (mm, head-centred, RAS) of the sub-sample grid of one slice
@@ -339,6 +609,7 @@ def _slice_maps(
     inv_scale = 1.0 / np.asarray(pose.scale)
     shift = np.asarray(pose.shift_mm)
     center = np.asarray(tpl.center)
+    vc, vs = np.asarray(ventricle_center()), np.asarray(_VENTRICLE_SIGMA_MM)
     maps = {k: np.zeros((len(template_z), n, n), dtype=np.float32) for k in BRAIN_COMPONENTS}
     for s, zt in enumerate(template_z):
         z_scan = (zt - center[2]) * pose.scale[2]
@@ -349,7 +620,10 @@ def _slice_maps(
             ps = p.copy()
             ps[..., 2] += dz
             q = center + ((ps - shift) * inv_scale) @ rot.T + disp  # (m, m, 3) template voxels
-            fr = _fractions_at(tpl, q.reshape(-1, 3).T, lesions)
+            if dilation:  # pull points towards the ventricles: they (and their surroundings) grow
+                g = np.exp(-0.5 * (((q - vc) / vs) ** 2).sum(axis=-1, keepdims=True))
+                q = vc + (q - vc) * (1.0 - dilation * g)
+            fr = _fractions_at(tpl, q.reshape(-1, 3).T, lesions, shells)
             for k in BRAIN_COMPONENTS:
                 acc[k] += fr[k].reshape(m, m)
         for k in BRAIN_COMPONENTS:
@@ -358,8 +632,11 @@ def _slice_maps(
     return maps
 
 
-def _fractions_at(tpl: BrainTemplates, q: np.ndarray, lesions: tuple[Lesion, ...]) -> dict[str, np.ndarray]:
+def _fractions_at(
+    tpl: BrainTemplates, q: np.ndarray, lesions: tuple[Lesion, ...], shells: Shells = DEFAULT_SHELLS
+) -> dict[str, np.ndarray]:
     """Tissue fractions at template points ``q`` (3, P); returns component -> (P,) arrays."""
+    bands = shells.bands()
     gm = ndi.map_coordinates(tpl.gm, q, order=1, mode="constant", cval=0.0)
     wm = ndi.map_coordinates(tpl.wm, q, order=1, mode="constant", cval=0.0)
     inside = ndi.map_coordinates(tpl.mask, q, order=1, mode="constant", cval=0.0)
@@ -373,9 +650,9 @@ def _fractions_at(tpl: BrainTemplates, q: np.ndarray, lesions: tuple[Lesion, ...
         * np.clip(q[2] - tpl.center[2] + 0.5, 0, 1)
     )
     sinus = outside * in_sinus
-    csf = np.clip(inside - gm - wm, 0.0, 1.0) + outside * (1 - in_sinus) * _band(d, -1.0, _CSF_SHELL[1])
-    fat = outside * ((1 - in_sinus) * _MARROW_FAT_FRACTION * _band(d, *_SKULL) + _band(d, *_SCALP_FAT))
-    muscle = outside * _band(d, *_SKIN)
+    csf = np.clip(inside - gm - wm, 0.0, 1.0) + outside * (1 - in_sinus) * _band(d, -1.0, bands["csf"][1])
+    fat = outside * ((1 - in_sinus) * shells.marrow_fat * _band(d, *bands["skull"]) + _band(d, *bands["scalp_fat"]))
+    muscle = outside * _band(d, *bands["skin"])
     out = {"gm": gm, "wm": wm, "csf": csf, "fat": fat, "muscle": muscle, "blood": sinus}
     les = {"lesion": np.zeros_like(gm), "lesion_enhancing": np.zeros_like(gm)}
     for lesion in lesions:

@@ -16,6 +16,12 @@ Brain k-space is (slices, coils, 2N, N) complex64: readout (axis -2) oversampled
 convention.  Cine k-space is (frames, slices, coils, ky, kx) in h5py order, no
 readout oversampling, ky = round(N * phase_fraction).
 
+Presets (:mod:`metamri.phantom.presets`): ``preset`` (``default`` | ``study``) in a
+domain's config picks the population's counts, protocol ranges and anatomy ranges;
+explicit keys override the preset's counts.  The default preset's files and manifest
+are byte for byte those of the phantom before presets existed (a non-default preset
+adds ``preset`` to the manifest's config).
+
 Randomness: every patient, volume and view has its own generator seeded from
 ``(seed, domain, patient[, stream, volume])``, so the same seed gives identical
 arrays, and changing e.g. ``volumes_per_patient`` leaves the other draws as they were.
@@ -53,6 +59,7 @@ from metamri.phantom.coils import (
     rss_reconstruction,
     simulate_kspace,
 )
+from metamri.phantom.presets import get_preset
 from metamri.phantom.protocols import (
     BRAIN_CONTRASTS,
     VENDOR,
@@ -86,6 +93,8 @@ class BrainConfig:
         image_size: N: images N x N, k-space 2N (readout) x N (phase).
         max_lesions: Up to this many white-matter lesions per patient.
         snr: RSS image SNR inside the object (``coils.noise_sigma``); ``None`` is noiseless.
+        preset: Name of the population (:mod:`metamri.phantom.presets`): its protocol
+            and anatomy ranges; :func:`brain_config` also takes its counts from it.
     """
 
     patients: int = 8
@@ -95,6 +104,7 @@ class BrainConfig:
     image_size: int = 64
     max_lesions: int = 3
     snr: float | None = 30.0
+    preset: str = "default"
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,8 @@ class CardiacConfig:
         image_size: N: readout kx samples.
         phase_fraction: ky = round(N * phase_fraction) phase-encode lines (rectangular FOV).
         snr: RSS image SNR inside the object; ``None`` is noiseless.
+        preset: Name of the population (:mod:`metamri.phantom.presets`): its cine
+            protocol ranges; :func:`cardiac_config` also takes its counts from it.
     """
 
     patients: int = 4
@@ -120,6 +132,7 @@ class CardiacConfig:
     image_size: int = 64
     phase_fraction: float = 0.75
     snr: float | None = 25.0
+    preset: str = "default"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -133,9 +146,13 @@ def _build(cls, values: Mapping[str, Any] | None, key: str):
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"{key}.{unknown[0]}", values[unknown[0]], "unknown key", hint=f"known: {sorted(names)}")
-    cfg = cls(**values)
+    preset = get_preset(values.pop("preset", None), f"{key}.preset")
+    counts = preset.brain if cls is BrainConfig else preset.cardiac
+    cfg = cls(**{**counts, **values, "preset": preset.name})
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        if f.name == "preset":
+            continue
         if f.name == "snr":
             if value is not None and not value > 0:
                 raise ConfigError(f"{key}.snr", value, "must be > 0 or null (noiseless)")
@@ -160,13 +177,24 @@ def _build(cls, values: Mapping[str, Any] | None, key: str):
 
 
 def brain_config(values: Mapping[str, Any] | None = None) -> BrainConfig:
-    """Validated :class:`BrainConfig` from a mapping (unknown keys and bad values raise ConfigError)."""
+    """Validated :class:`BrainConfig` from a mapping (unknown keys and bad values raise ConfigError).
+
+    ``values["preset"]`` (default ``"default"``) supplies the counts the mapping leaves out.
+    """
     return _build(BrainConfig, values, "brain")
 
 
 def cardiac_config(values: Mapping[str, Any] | None = None) -> CardiacConfig:
-    """Validated :class:`CardiacConfig` from a mapping."""
+    """Validated :class:`CardiacConfig` from a mapping (``preset`` as in :func:`brain_config`)."""
     return _build(CardiacConfig, values, "cardiac")
+
+
+def _config_dict(cfg: BrainConfig | CardiacConfig) -> dict[str, Any]:
+    """The manifest's record of a config: the default preset is left implicit (unchanged manifest)."""
+    out = dataclasses.asdict(cfg)
+    if out.get("preset") == "default":
+        del out["preset"]
+    return out
 
 
 def _rng(seed: int, domain: str, *keys: int) -> np.random.Generator:
@@ -246,17 +274,21 @@ def brain_contrasts(rng: np.random.Generator, volumes: int) -> list[str]:
 
 def iter_brain_volumes(cfg: BrainConfig, seed: int = 0) -> Iterator[SimulatedBrainVolume]:
     """Simulate every brain volume of the dataset, in file order (nothing is written)."""
+    preset = get_preset(cfg.preset, "brain.preset")
     for patient in range(cfg.patients):
         rng = _rng(seed, "brain", patient, _ANATOMY)
         phantom = make_brain_phantom(
-            rng, slices=cfg.slices, image_size=cfg.image_size, max_lesions=cfg.max_lesions
+            rng, slices=cfg.slices, image_size=cfg.image_size, max_lesions=cfg.max_lesions,
+            variation=preset.anatomy,
         )
         b0, model = sample_field_strength(rng, "brain")
         contrasts = brain_contrasts(rng, cfg.volumes_per_patient)
         maps = birdcage_coil_maps(cfg.coils, (cfg.image_size, cfg.image_size), rng)
         for v, contrast in enumerate(contrasts):
             vrng = _rng(seed, "brain", patient, _VOLUME, v)
-            protocol = sample_brain_protocol(contrast, vrng, field_strength=b0, model=model)
+            protocol = sample_brain_protocol(
+                contrast, vrng, field_strength=b0, model=model, ranges=preset.brain_ranges
+            )
             volume = render_brain_volume(phantom, protocol, vrng)
             sigma = 0.0 if cfg.snr is None else noise_sigma(volume.image, cfg.snr)
             kspace = simulate_kspace(volume.image, maps, sigma=sigma, rng=vrng, readout_oversampling=2)
@@ -344,6 +376,7 @@ class SimulatedCine:
 
 def iter_cine_volumes(cfg: CardiacConfig, seed: int = 0) -> Iterator[SimulatedCine]:
     """Simulate every cine file of the dataset, patient by patient, SAX then LAX."""
+    preset = get_preset(cfg.preset, "cardiac.preset")
     for patient in range(cfg.patients):
         rng = _rng(seed, "cardiac", patient, _ANATOMY)
         phantom = make_cardiac_phantom(rng)
@@ -353,7 +386,9 @@ def iter_cine_volumes(cfg: CardiacConfig, seed: int = 0) -> Iterator[SimulatedCi
             if slices == 0:
                 continue
             vrng = _rng(seed, "cardiac", patient, _VOLUME, v)
-            protocol: Protocol = sample_cine_protocol(vrng, field_strength=b0, model=model)
+            protocol: Protocol = sample_cine_protocol(
+                vrng, field_strength=b0, model=model, ranges=preset.cine_ranges
+            )
             volume = render_cine(
                 phantom, view, protocol, vrng, frames=cfg.frames, slices=slices, shape=cfg.shape
             )
@@ -403,11 +438,15 @@ def generate_domain(
     seed: int = 0,
     image_size: int | None = None,
     snr: float | None | object = _UNSET,
+    preset: str | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Write one domain's phantom files into ``root`` (and ``root/phantom_manifest.json``).
 
     Brain files go to ``root/multicoil_train/``, cine files to ``root/MultiCoil/Cine/TrainingSet/``.
+    This is what ``SliceDataModule`` calls with its ``phantom:`` mapping as keywords, so a
+    data config's ``phantom: {seed: 0, image_size: 64, preset: study}`` writes the study
+    population.
 
     Args:
         domain: ``"brain"`` | ``"cardiac"``.
@@ -415,6 +454,8 @@ def generate_domain(
         seed: Master seed.
         image_size: Overrides the domain's ``image_size``.
         snr: Overrides the domain's ``snr`` (``None``: noiseless).
+        preset: Population (:mod:`metamri.phantom.presets`); ``None``: ``default``.
+            Its counts apply where ``overrides`` sets none.
         **overrides: Other keys of :class:`BrainConfig` / :class:`CardiacConfig`.
 
     Returns:
@@ -427,6 +468,8 @@ def generate_domain(
         values["image_size"] = image_size
     if snr is not _UNSET:
         values["snr"] = snr
+    if preset is not None:
+        values["preset"] = preset
     root = Path(root)
     if domain == "brain":
         cfg = brain_config(values)
@@ -434,7 +477,7 @@ def generate_domain(
     else:
         cfg = cardiac_config(values)
         records = _write_cardiac(root, cfg, seed)
-    config = {"seed": seed, domain: dataclasses.asdict(cfg)}
+    config = {"seed": seed, domain: _config_dict(cfg)}
     _write_manifest(root / MANIFEST_NAME, config, records)
     return {"config": config, "files": records}
 
@@ -446,6 +489,7 @@ def generate_dataset(
     brain: Mapping[str, Any] | None = None,
     cardiac: Mapping[str, Any] | None = None,
     noise: Mapping[str, Any] | None = None,
+    preset: str | None = None,
 ) -> dict[str, Any]:
     """Write the whole phantom dataset (brain and cardiac) under ``out_dir``.
 
@@ -455,6 +499,8 @@ def generate_dataset(
         brain: Keys of :class:`BrainConfig`, or ``{"patients": 0}`` to skip the brain.
         cardiac: Keys of :class:`CardiacConfig`, or ``{"patients": 0}`` to skip it.
         noise: ``{"snr": value}`` sets both domains' SNR unless they set their own.
+        preset: Population of both domains unless a domain's mapping names its own
+            ``preset`` (:mod:`metamri.phantom.presets`); ``None``: ``default``.
 
     Returns:
         The manifest (also written to ``out_dir/phantom_manifest.json``).
@@ -471,12 +517,14 @@ def generate_dataset(
         ("cardiac", cardiac, cardiac_config, _write_cardiac),
     ):
         values = dict(values or {})
+        if preset is not None and "preset" not in values:
+            values["preset"] = preset
         if values.get("patients", 1) == 0:
             continue
         if "snr" in noise and "snr" not in values:
             values["snr"] = noise["snr"]
         cfg = build(values)
-        config[domain] = dataclasses.asdict(cfg)
+        config[domain] = _config_dict(cfg)
         for rec in write(out_dir / domain, cfg, seed):
             records.append({**rec, "path": f"{domain}/{rec['path']}"})
     _write_manifest(out_dir / MANIFEST_NAME, config, records)

@@ -30,12 +30,17 @@ asymmetric (partial) echo of 0.1-0.7 ms and clipped to the paper's 1.1-1.6 ms;
 the bSSFP signal equation uses that TE.  Flip 12-60 deg (the paper's range).
 No TI (the sidecar leaves it empty).
 
+Other parameter sets (e.g. the ``study`` preset's wider ranges, an absolute FLAIR
+TI range, cine TE = TR/2) are passed as ``ranges`` in the same layout
+(:mod:`metamri.phantom.presets`); the signal equations do not change.
+
 Field strengths: brain 1.494 T (Siemens Aera / Avanto) or 2.89 T (Skyra / Prisma
 fit), the values fastMRI headers carry; cardiac 1.5 T or 3.0 T.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -60,7 +65,10 @@ PROTOCOL_NAMES: dict[str, str] = {
     "CINE": "CINE TRUEFISP",
 }
 
-#: (low, high) ranges per (contrast, sequence): tr, te, flip in ms / deg, echo spacing in ms.
+#: (low, high) ranges per (contrast, sequence): tr, te, flip in ms / deg, echo spacing in ms
+#: (``es``, TSE only).  An optional ``ti`` range (AXFLAIR) draws TI uniformly in it instead of
+#: around the CSF null point.
+BrainRanges = Mapping[tuple[str, str], Mapping[str, tuple[float, float]]]
 BRAIN_RANGES: dict[tuple[str, str], dict[str, tuple[float, float]]] = {
     ("AXFLAIR", "TurboSpinEcho"): {"tr": (8500, 9500), "te": (78, 126), "flip": (140, 160), "es": (9, 11)},
     ("AXT1", "TurboSpinEcho"): {"tr": (400, 472), "te": (8, 10), "flip": (140, 145), "es": (8, 10)},
@@ -73,6 +81,8 @@ BRAIN_RANGES: dict[tuple[str, str], dict[str, tuple[float, float]]] = {
 #: FLAIR TI offset from the CSF null point, ms.
 FLAIR_TI_OFFSET: tuple[float, float] = (-50.0, 100.0)
 
+#: Cine ranges: ``tr``, ``flip`` and either ``te`` (TR/2 minus a partial echo, clipped to it)
+#: or ``te_fraction`` (TE = that fraction of TR exactly, e.g. (0.5, 0.5)).
 CINE_RANGES: dict[str, tuple[float, float]] = {"tr": (3.6, 4.2), "te": (1.1, 1.6), "flip": (12, 60)}
 _CINE_PARTIAL_ECHO_MS = (0.1, 0.7)
 
@@ -151,6 +161,7 @@ def sample_brain_protocol(
     field_strength: float | None = None,
     model: str | None = None,
     sequence: str | None = None,
+    ranges: BrainRanges | None = None,
 ) -> Protocol:
     """Draw a realistic protocol of one fastMRI brain contrast.
 
@@ -160,30 +171,36 @@ def sample_brain_protocol(
         field_strength: B0 in tesla; drawn (1.494 or 2.89) when ``None``.
         model: Scanner model; drawn with the field when ``None``.
         sequence: Force ``"TurboSpinEcho"`` or ``"Flash"`` where the contrast allows both.
+        ranges: Ranges per (contrast, sequence) in the layout of :data:`BRAIN_RANGES`
+            (``None``: :data:`BRAIN_RANGES`).
 
     Returns:
-        A :class:`Protocol` with values inside :data:`BRAIN_RANGES`.
+        A :class:`Protocol` with values inside ``ranges``.
     """
+    table = BRAIN_RANGES if ranges is None else ranges
     if contrast not in BRAIN_CONTRASTS:
         raise ValueError(f"unknown brain contrast {contrast!r}; known: {', '.join(BRAIN_CONTRASTS)}")
     if field_strength is None:
         field_strength, drawn_model = sample_field_strength(rng, "brain")
         model = model or drawn_model
     model = model or BRAIN_FIELDS.get(field_strength, ("Aera",))[0]
-    options = [seq for (c, seq) in BRAIN_RANGES if c == contrast]
+    options = [seq for (c, seq) in table if c == contrast]
     if sequence is None:
         sequence = options[int(rng.integers(len(options)))]
     elif sequence not in options:
         raise ValueError(f"contrast {contrast} is not acquired with {sequence!r}; options: {options}")
-    r = BRAIN_RANGES[(contrast, sequence)]
+    r = table[(contrast, sequence)]
     tr = _uniform(rng, r["tr"], 0 if sequence == "TurboSpinEcho" else 1)
     te = _uniform(rng, r["te"], 2)
     flip = _uniform(rng, r["flip"], 0)
     es = _uniform(rng, r["es"], 2) if "es" in r else None
     ti = None
     if contrast == "AXFLAIR":
-        null = float(null_inversion_time(tissue("csf").t1(field_strength), tr))
-        ti = round(null + float(rng.uniform(*FLAIR_TI_OFFSET)))
+        if "ti" in r:
+            ti = round(float(rng.uniform(*r["ti"])))
+        else:
+            null = float(null_inversion_time(tissue("csf").t1(field_strength), tr))
+            ti = round(null + float(rng.uniform(*FLAIR_TI_OFFSET)))
     return Protocol(
         contrast=contrast,
         sequence=sequence,
@@ -199,16 +216,30 @@ def sample_brain_protocol(
 
 
 def sample_cine_protocol(
-    rng: np.random.Generator, *, field_strength: float | None = None, model: str | None = None
+    rng: np.random.Generator,
+    *,
+    field_strength: float | None = None,
+    model: str | None = None,
+    ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> Protocol:
-    """Draw a cine bSSFP ("TrueFISP") protocol (ranges in the module docstring)."""
+    """Draw a cine bSSFP ("TrueFISP") protocol (ranges in the module docstring).
+
+    ``ranges`` (layout of :data:`CINE_RANGES`, ``None``: that table): with a
+    ``te_fraction`` entry TE is that fraction of TR (drawn in the range; rounded to 3
+    decimals), with ``te`` it is TR/2 minus a partial echo of 0.1-0.7 ms, clipped to ``te``.
+    """
+    r = CINE_RANGES if ranges is None else ranges
     if field_strength is None:
         field_strength, drawn_model = sample_field_strength(rng, "cardiac")
         model = model or drawn_model
     model = model or CARDIAC_FIELDS.get(field_strength, ("Aera",))[0]
-    tr = _uniform(rng, CINE_RANGES["tr"], 2)
-    te = round(float(np.clip(tr / 2.0 - rng.uniform(*_CINE_PARTIAL_ECHO_MS), *CINE_RANGES["te"])), 2)
-    flip = _uniform(rng, CINE_RANGES["flip"], 0)
+    tr = _uniform(rng, r["tr"], 2)
+    if "te_fraction" in r:
+        lo, hi = r["te_fraction"]
+        te = round(tr * (lo if lo == hi else float(rng.uniform(lo, hi))), 3)
+    else:
+        te = round(float(np.clip(tr / 2.0 - rng.uniform(*_CINE_PARTIAL_ECHO_MS), *r["te"])), 2)
+    flip = _uniform(rng, r["flip"], 0)
     return Protocol(
         contrast=CINE_CONTRAST,
         sequence="TrueFISP",

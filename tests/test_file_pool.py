@@ -21,17 +21,23 @@ N_VOLUMES, BOUND, MARGIN = 2000, 16, 4
 ITEMS = 2  # per volume
 
 
+#: Name of this module's cache directory (``open_h5_fds`` counts only files under it).
+CACHE_DIR_NAME = "file_pool_many"
+
+
 def open_fds() -> int:
     """Open file descriptors of this process."""
     return len(os.listdir("/proc/self/fd"))
 
 
 def open_h5_fds() -> int:
-    """Open descriptors of this process that point at a ``.h5`` file."""
+    """Open descriptors of this process that point at a ``.h5`` file of this module's cache
+    (other test modules sharing the worker process may hold files of their own)."""
     n = 0
     for fd in os.listdir("/proc/self/fd"):
         try:
-            n += os.readlink(f"/proc/self/fd/{fd}").endswith(".h5")
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            n += target.endswith(".h5") and f"{os.sep}{CACHE_DIR_NAME}" in target
         except OSError:  # the descriptor of listdir itself, gone by now
             pass
     return n
@@ -51,7 +57,7 @@ def tiny_entry(v: int) -> VolumeEntry:
 @pytest.fixture(scope="module")
 def many_volumes(tmp_path_factory) -> Path:
     """``<cache>/brain/`` with 2,000 tiny entries written directly in the cache format."""
-    cache = tmp_path_factory.mktemp("many")
+    cache = tmp_path_factory.mktemp(CACHE_DIR_NAME)
     start = time.perf_counter()
     for v in range(N_VOLUMES):
         write_entry(cache / "brain" / f"file_brain_AXT2_{v:05d}.h5", tiny_entry(v))

@@ -75,3 +75,16 @@ def image_batch(metadata, size: int, domains=None):
         fname=[f"f{i}.h5" for i in range(b)], slice_index=torch.arange(b),
         frame=torch.full((b,), -1), scale=torch.ones(b),
     )
+
+
+def tensors_changed_by_one_step(module, batch) -> tuple[list[str], list[str], list[str]]:
+    """One optimizer step of ``module`` (a MetaDiffusionModule without a Trainer) on ``batch``:
+    ``(changed, unet_changed, encoder_changed)`` state-dict keys whose tensors changed."""
+    opt = module.configure_optimizers()
+    before = {k: v.clone() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+    module.training_step(batch, 0).backward()
+    opt.step()
+    after = module.state_dict()
+    changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    return (changed, [k for k in changed if k.startswith("unet.")],
+            [k for k in changed if k.startswith("encoder.")])

@@ -20,7 +20,7 @@ from metamri.training import (
     parameter_counts,
     trainable_parameters,
 )
-from tests.helpers import image_batch
+from tests.helpers import image_batch, tensors_changed_by_one_step
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 UNET = {"_target_": "metamri.models.unet.build_unet", "preset": "tiny"}
@@ -75,20 +75,12 @@ def test_lora_adapters_start_as_the_identity():
 
 def test_one_lora_step_changes_only_adapters_and_encoder():
     m = _module({"_target_": "metamri.training.finetune.LoraFinetune", "rank": 4, "alpha": 4})
-    opt = m.configure_optimizers()
-    before = {k: v.clone() for k, v in m.state_dict().items() if isinstance(v, torch.Tensor)}
-    loss = m.training_step(_batch(), 0)
-    loss.backward()
-    opt.step()
-    after = m.state_dict()
-    changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
-    unet_changed = [k for k in changed if k.startswith("unet.")]
-    enc_changed = [k for k in changed if k.startswith("encoder.")]
+    changed, unet_changed, enc_changed = tensors_changed_by_one_step(m, _batch())
     print(f"\n{len(changed)} tensors changed: {len(unet_changed)} in the UNet "
           f"({sum('lora_A' in k for k in unet_changed)} lora_A, {sum('lora_B' in k for k in unet_changed)} lora_B), "
           f"{len(enc_changed)} in the encoder: {enc_changed}")
     assert unet_changed and all(("lora_A" in k or "lora_B" in k) for k in unet_changed)
-    all_lora_b = [k for k in before if "lora_B" in k]
+    all_lora_b = [k for k in m.state_dict() if "lora_B" in k]
     assert set(all_lora_b) <= set(unet_changed)  # every adapter got a gradient step
     assert enc_changed
     assert set(changed) == set(unet_changed) | set(enc_changed)

@@ -22,7 +22,7 @@ from metamri.models import build_unet
 from metamri.models.tiny_contextmri import write_tiny_contextmri
 from metamri.training import LoraFinetune, MetaDiffusionModule
 from metamri.training.finetune import adapter_counts, lora_targets
-from tests.helpers import image_batch
+from tests.helpers import image_batch, tensors_changed_by_one_step
 
 FLAIR = Metadata(anatomy="brain", contrast="AXFLAIR", sequence="TurboSpinEcho", slice=3,
                  tr=9000, te=86, ti=2500, ti_stored=2500, flip_angle=150)
@@ -112,17 +112,10 @@ def test_one_lora_step_changes_only_adapters_and_the_encoder(arch, tiny_dir, one
     m = MetaDiffusionModule(unet=unet, encoder=encoder, finetune=LORA, ema_decay=None,
                             dropout={"_target_": "metamri.training.dropout.FieldDropout", "p": 0.0})
     m.log = lambda *a, **k: None  # no Trainer attached
-    opt = m.configure_optimizers()
-    before = {k: v.clone() for k, v in m.state_dict().items() if isinstance(v, torch.Tensor)}
-    m.training_step(_batch(size), 0).backward()
-    opt.step()
-    after = m.state_dict()
-    changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
-    unet_changed = [k for k in changed if k.startswith("unet.")]
-    enc_changed = [k for k in changed if k.startswith("encoder.")]
+    changed, unet_changed, enc_changed = tensors_changed_by_one_step(m, _batch(size))
     print(f"\n{arch}: {len(unet_changed)} UNet tensors changed "
           f"({sum('lora_B' in k for k in unet_changed)} lora_B), {len(enc_changed)} encoder tensors")
     assert set(changed) == set(unet_changed) | set(enc_changed)
     assert unet_changed and all("lora_A" in k or "lora_B" in k for k in unet_changed)
-    assert set(k for k in before if "lora_B" in k) <= set(unet_changed)  # every adapter got a gradient
+    assert set(k for k in m.state_dict() if "lora_B" in k) <= set(unet_changed)  # every adapter got a gradient
     assert enc_changed

@@ -137,8 +137,7 @@ class FusionEncoder(MetadataEncoder):
         fields = self.finegrained(metadata, drop)
         if self.mode == "additive":
             return text + fields.sum(dim=1, keepdim=True)
-        if bool(self.gate.detach() < 0):  # projected gradient step: g >= 0 stays trainable
-            with torch.no_grad():
-                self.gate.zero_()
+        with torch.no_grad():  # projected gradient step: g >= 0 stays trainable (no host sync)
+            self.gate.clamp_(min=0.0)
         sep = self.sep.expand(len(metadata), 1, -1)
         return torch.cat([text, sep, fields], dim=1)

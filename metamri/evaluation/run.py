@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
+from metamri.errors import ConfigError
 from metamri.evaluation.reconstructor import Reconstructor, SliceResult
 from metamri.evaluation.sharding import dist_info, gather_objects, gather_rows, shard_indices
 from metamri.metrics.table import MetricTable
@@ -61,23 +62,30 @@ def evaluate_split(
     max_slices: int | None = None,
     lpips_metric=None,
     keep_results: int = 0,
+    items_per_volume: int | None = None,
 ) -> SplitEvaluation:
-    """Reconstruct ``dataset[:max_slices]``, sharded over the process group, and gather the rows.
+    """Reconstruct the chosen items of ``dataset``, sharded over the process group, and gather the rows.
+
+    The items are those of :func:`select_items` (all, or the central ``items_per_volume``
+    of each volume), then the first ``max_slices`` of them.
 
     Args:
         reconstructor: Reconstructs and scores one :class:`~metamri.data.sample.ImageSample`.
         dataset: Map-style dataset of samples with maps (``eval_dataset(..., load_maps=True)``).
-        max_slices: Evaluate only the first ``max_slices`` items (fixed, the same on every rank).
+        max_slices: Evaluate only the first ``max_slices`` chosen items (fixed, the same on every rank).
         lpips_metric: Optional :class:`~metamri.metrics.LPIPSMetric`.
         keep_results: How many of this process's :class:`SliceResult` to keep (images).
+        items_per_volume: Evaluate only the central ``items_per_volume`` items (slices, or
+            slice-frames of cine) of each volume; ``None``: every item.
     """
-    n = len(dataset) if max_slices is None else min(len(dataset), int(max_slices))
+    chosen = select_items(dataset, items_per_volume)
+    n = len(chosen) if max_slices is None else min(len(chosen), int(max_slices))
     rank, world = dist_info()
     local = MetricTable()
     kept: list[SliceResult] = []
     accel: dict[str, float] = {}
-    for i in shard_indices(n, rank, world):
-        result = reconstructor(dataset[i])
+    for j in shard_indices(n, rank, world):
+        result = reconstructor(dataset[chosen[j]])
         reconstructor.score(result, local, lpips_metric)
         accel[result.key.slice_id] = result.effective_acceleration
         log.debug("reconstructed %s in %s", result.key, result.timings)
@@ -87,6 +95,38 @@ def evaluate_split(
     for part in gather_objects(accel):
         merged.update(part)
     return SplitEvaluation(MetricTable(gather_rows(local.rows)), kept, n, dict(sorted(merged.items())))
+
+
+def select_items(dataset, items_per_volume: int | None = None) -> list[int]:
+    """Indices of ``dataset`` to evaluate: all, or the central ``items_per_volume`` of each volume.
+
+    Volumes are the dataset's cache entries (``dataset.index`` holds ``(entry, row)``
+    pairs, rows in slice order); of a volume with N items, rows
+    ``(N - k) // 2 ... (N - k) // 2 + k - 1`` are kept (the centre slice for k = 1).
+    A dataset without ``index`` (a plain sequence of samples) is taken whole.
+
+    >>> class D: index = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    >>> select_items(D(), 1), select_items(D(), None)
+    ([1, 3], [0, 1, 2, 3, 4])
+    """
+    n = len(getattr(dataset, "index", dataset))
+    if items_per_volume is None:
+        return list(range(n))
+    k = int(items_per_volume)
+    if k < 1:
+        raise ConfigError("items_per_volume", items_per_volume, "must be a positive integer or null")
+    index = getattr(dataset, "index", None)
+    if index is None:
+        return list(range(n))
+    rows: dict[int, list[int]] = {}
+    for i, (entry, _row) in enumerate(index):
+        rows.setdefault(entry, []).append(i)
+    out: list[int] = []
+    for entry in sorted(rows):
+        items = rows[entry]
+        start = max(0, (len(items) - k) // 2)
+        out.extend(items[start:start + k])
+    return out
 
 
 def setup_lines(reconstructor: Reconstructor, evaluation: SplitEvaluation | None = None) -> list[str]:

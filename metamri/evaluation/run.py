@@ -109,13 +109,14 @@ def select_items(dataset, items_per_volume: int | None = None) -> list[int]:
     >>> select_items(D(), 1), select_items(D(), None)
     ([1, 3], [0, 1, 2, 3, 4])
     """
-    n = len(getattr(dataset, "index", dataset))
+    index = getattr(dataset, "index", None)
+    index = index if isinstance(index, list) else None  # a list's own .index is a method
+    n = len(dataset) if index is None else len(index)
     if items_per_volume is None:
         return list(range(n))
     k = int(items_per_volume)
     if k < 1:
         raise ConfigError("items_per_volume", items_per_volume, "must be a positive integer or null")
-    index = getattr(dataset, "index", None)
     if index is None:
         return list(range(n))
     rows: dict[int, list[int]] = {}

@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYTHONHASHSEED ?= 0
 
-.PHONY: help install demo test test-slow lint format bench clean
+.PHONY: help install demo test test-slow lint format bench report clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ format: $(STAMP)  ## ruff format + import sorting
 
 bench: $(STAMP)  ## benchmarks; results are written to docs/benchmarks.md
 	$(PY) benchmarks/run_all.py
+
+report: $(STAMP)  ## the study's tables, intervals and plots from committed outputs
+	$(PY) -m metamri.report manifest=experiments/study/tables.yaml out_dir=experiments/study/report
 
 clean:  ## remove caches, logs and generated data (not the source)
 	rm -rf .pytest_cache .ruff_cache logs outputs multirun data/cache .make

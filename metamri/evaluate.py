@@ -21,6 +21,13 @@ calibration region, as ``metamri.reconstruct`` must. Rank 0 writes
 its effective acceleration, the coil maps, then mean ± std per method), prints the same,
 and the function returns the mean PSNR of the diffusion method (of the last method when
 diffusion is not run) for sweepers.
+
+Then rank 0 logs the run to W&B (:mod:`metamri.evaluation.wandb_log`; the ``wandb`` block of
+``conf/evaluate.yaml``): one run per evaluation (per job of a ``-m`` sweep), offline by
+default into ``<run_dir>/wandb/``, grouped with the training run of the prior, with a flat
+config, the mean ± std per method and metric as its summary, the per-slice table and a few
+image panels. ``wandb.enabled=false`` skips it; a W&B failure is a warning, never a lost
+evaluation.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ def build_fabric(trainer_cfg: DictConfig):
 
 def evaluate(cfg: DictConfig) -> float | None:
     """Run the evaluation described by ``cfg``; return the diffusion method's mean PSNR (dB)."""
+    from metamri.evaluation import wandb_log
     from metamri.evaluation.builder import build_reconstructor
     from metamri.evaluation.run import (
         evaluate_split,
@@ -74,6 +82,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     from metamri.metrics.lpips import LPIPSMetric
 
     methods = list(cfg.methods)
+    wandb_settings = wandb_log.WandbSettings.from_config(cfg)  # checked before any work; None: off
     module = load_prior_of(cfg) if "diffusion" in methods else None
 
     fabric = build_fabric(cfg.trainer)
@@ -95,7 +104,9 @@ def evaluate(cfg: DictConfig) -> float | None:
     dataset = datamodule.eval_dataset(cfg.split, cfg.domain, load_maps=True)
 
     lpips_metric = LPIPSMetric.try_create() if cfg.get("lpips", False) else None
-    out = evaluate_split(reconstructor, dataset, cfg.get("max_slices"), lpips_metric)
+    out = evaluate_split(reconstructor, dataset, cfg.get("max_slices"), lpips_metric,
+                         items_per_volume=cfg.get("items_per_volume"),
+                         keep_results=wandb_settings.panels if wandb_settings else 0)
     if len(out.table) == 0:
         raise ConfigError("split", cfg.split, f"holds no {cfg.domain} slices to evaluate")
 
@@ -109,6 +120,8 @@ def evaluate(cfg: DictConfig) -> float | None:
         print(summary_markdown(out.table, notes=notes), end="")
         log.info("summary -> %s\n%s", md_path, out.table.format_summary())
     fabric.barrier()
+    if wandb_settings is not None and fabric.global_rank == 0:
+        wandb_log.log_evaluation(wandb_settings, cfg, out, cfg.paths.output_dir, primary)
     return means[primary]
 
 

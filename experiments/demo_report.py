@@ -74,6 +74,7 @@ def panel(ft_run: Path, base_run: Path, out_png: Path) -> None:
 
     ft_cfg = OmegaConf.load(ft_run / ".hydra" / "config.yaml")
     base_cfg = OmegaConf.load(base_run / ".hydra" / "config.yaml")
+    ft_cfg.paths.output_dir = str(ft_run)  # was ${hydra:runtime.output_dir}: no Hydra run here
     dataset = instantiate(ft_cfg.data).eval_dataset(ft_cfg.split, ft_cfg.domain, load_maps=True)
     sample = dataset[select_items(dataset, ft_cfg.get("items_per_volume"))[0]]
     ft = build_reconstructor(ft_cfg, load_prior(prior_path(ft_cfg)))(sample)

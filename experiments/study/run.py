@@ -1,0 +1,208 @@
+"""The study: fine-tune the paper's arms from the shipped base prior, then evaluate them
+for Tables 1-7 (experiments/README.md says what each table asks).
+
+    python experiments/study/run.py                  # everything not done yet, in order
+    python experiments/study/run.py --print          # the exact commands, run nothing
+    python experiments/study/run.py --only 'x4/'     # the stages whose name matches a regex
+    python experiments/study/run.py --stage train    # only the fine-tuning runs
+
+Every stage is resumable and skips what is done: a training run whose ``last.ckpt`` has
+reached its steps is skipped (one killed midway resumes from its last checkpoint), an
+evaluation whose per-slice CSV exists is skipped.  Training runs live under
+``logs/study/train/<arm>`` (checkpoints, not committed); evaluations under
+``experiments/study/eval/<x4|x8|cardiac>/<name>`` (config + per-slice CSV, committed).
+``python -m metamri.report`` turns them into the tables.  The per-timestep information
+curves (``metamri.information``) go to ``experiments/study/information/<arm>.csv``.
+
+Fixed before any result was seen, the same for every arm: 1000 steps, batch 8, AdamW
+lr 1e-4 (constant), EMA 0.999, seed 0, from ``pretrained/phantom_contextmri``.
+Evaluation: the test split's central slice of every volume (57 brain slices from 19
+patients; cardiac: the central 4 slice-frames of each cine volume), DDS 100 steps, CFG 1
+unless the table varies it, one sample unless the table varies it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PY = os.environ.get("PY", sys.executable)
+BASE = "pretrained/phantom_contextmri"
+TRAIN_ROOT = Path("logs/study/train")
+EVAL_ROOT = Path("experiments/study/eval")
+STEPS = 1000
+
+#: Every arm fine-tunes the base prior with these settings (nothing else differs but the arm's own).
+COMMON_TRAIN = [
+    "model=pretrained", f"model.path={BASE}", f"trainer.max_steps={STEPS}", "optimizer.lr=1e-4",
+    "data.batch_size=8", "seed=0", "~callbacks.reconstruction", "trainer.val_check_interval=250",
+    "trainer.check_val_every_n_epoch=null", "data.val_max_items=64",
+]
+
+#: arm -> its own overrides. Brain-only arms on the study population's brain split; the OOD
+#: arms on the 1:5 cardiac mix; ``text_mixed`` is Table 7's baseline (the text model
+#: fine-tuned on that same mix, all timesteps).
+ARMS: dict[str, list[str]] = {
+    "text": ["+experiment=contextmri", "data=study"],
+    "additive": ["+experiment=additive", "data=study"],
+    "concat": ["+experiment=concat", "data=study", "encoder.gate_init=1"],  # the paper's plain concatenation
+    "lora": ["+experiment=lora", "data=study"],
+    "ood_additive": ["+experiment=ood_additive", "data=study_mixed"],
+    "ood_low_noise": ["+experiment=ood_low_noise", "data=study_mixed"],
+    "unconditional": ["+experiment=unconditional", "data=study"],
+    "text_mixed": ["+experiment=contextmri", "data=study_mixed", "wandb_group=text_mixed",
+                   "tags=[contextmri,text,ood]"],
+}
+
+#: Evaluation settings common to every run of a domain.
+COMMON_EVAL = ["split=test", "lpips=true"]
+BRAIN_EVAL = ["data=study", "domain=brain", "items_per_volume=1"]
+CARDIAC_EVAL = ["data=study_mixed", "domain=cardiac", "items_per_volume=4"]
+#: 8x at 64 px: the paper's centre fraction (0.08: 5 lines) without the 8-line floor,
+#: which would leave no line to draw at random (8x = 8 lines).
+ACCEL = {"x4": ["mask.acceleration=4"], "x8": ["mask.acceleration=8", "mask.min_center_lines=0"]}
+FIELDS = ("anatomy", "contrast", "sequence", "slice", "tr", "te", "ti", "flip_angle")
+
+
+def prior_of(arm: str) -> str:
+    return BASE if arm == "base" else str(TRAIN_ROOT / arm / "checkpoints" / "last.ckpt")
+
+
+@dataclass
+class Stage:
+    """One command and the file whose existence says it is done."""
+
+    name: str
+    kind: str  # train | eval | information
+    args: list[str]
+    done_when: list[Path] = field(default_factory=list)
+    steps: int | None = None  # train: the global step last.ckpt must have reached
+
+    def command(self) -> list[str]:
+        module = {"train": "metamri.train", "eval": "metamri.evaluate",
+                  "information": "metamri.information"}[self.kind]
+        return [PY, "-m", module, *self.args]
+
+    def is_done(self) -> bool:
+        if self.kind == "train":
+            return checkpoint_step(self.done_when[0]) >= (self.steps or 0)
+        return all(p.is_file() for p in self.done_when)
+
+
+def checkpoint_step(path: Path) -> int:
+    if not path.is_file():
+        return -1
+    import torch
+
+    return int(torch.load(str(path), map_location="cpu", weights_only=True).get("global_step", -1))
+
+
+def train_stage(arm: str) -> Stage:
+    run = TRAIN_ROOT / arm
+    last = run / "checkpoints" / "last.ckpt"
+    args = [*ARMS[arm], *COMMON_TRAIN, f"hydra.run.dir={run}",
+            f"callbacks.model_checkpoint.dirpath={run / 'checkpoints'}", f"wandb_group=study_{arm}"]
+    if arm == "text_mixed":  # its own group name is part of the arm
+        args = [a for a in args if a != f"wandb_group=study_{arm}"]
+    return Stage(f"train/{arm}", "train", args, [last], steps=STEPS)
+
+
+def eval_stage(name: str, arm: str, extra: list[str], domain_args: list[str] = BRAIN_EVAL,
+               split: str = "test") -> Stage:
+    run = EVAL_ROOT / name
+    args = [f"prior={prior_of(arm)}", *COMMON_EVAL, *domain_args, *extra,
+            f"hydra.run.dir={run}", f"wandb.name={name}"]
+    return Stage(f"eval/{name}", "eval", args, [run / "reconstruction" / f"{split}_metrics.csv"])
+
+
+def sweep_stage(name: str, arm: str, key: str, values: list[str], extra: list[str]) -> Stage:
+    """A Hydra multirun over ``key`` (one W&B run per value, in one group)."""
+    sweep = EVAL_ROOT / name
+    args = ["-m", f"prior={prior_of(arm)}", *COMMON_EVAL, *BRAIN_EVAL, *extra,
+            f"{key}={','.join(values)}", f"hydra.sweep.dir={sweep}",
+            f"hydra.sweep.subdir=s{'${' + key + '}'}", f"wandb.name={name}/s{'${' + key + '}'}"]
+    done = [sweep / f"s{v}" / "reconstruction" / "test_metrics.csv" for v in values]
+    return Stage(f"eval/{name}", "eval", args, done)
+
+
+def information_stage(arm: str) -> Stage:
+    """Validation denoising loss per timestep with true, dropped and shuffled metadata."""
+    out = Path("experiments/study/information") / f"{arm}.csv"
+    data = "data=study_mixed" if arm.startswith("ood") else "data=study"
+    args = [f"prior={prior_of(arm)}", data, "split=val", "domain=brain", f"out={out}",
+            f"hydra.run.dir=logs/study/information/{arm}"]
+    return Stage(f"information/{arm}", "information", args, [out])
+
+
+def plan() -> list[Stage]:
+    stages = [train_stage(arm) for arm in ARMS]
+    stages += [information_stage(arm) for arm in ("base", "text", "additive", "ood_additive", "unconditional")]
+    diffusion_only = ["methods=[diffusion]"]
+    for acc, acc_args in ACCEL.items():
+        # Table 1 (and 5: ood_additive vs ood_low_noise): every prior, CFG 1, one sample
+        stages.append(eval_stage(f"{acc}/baselines", "base", [*acc_args, "methods=[zero_filled,cs]"]))
+        for arm in ("base", *[a for a in ARMS if a != "text_mixed"]):
+            stages.append(eval_stage(f"{acc}/{arm}", arm, [*acc_args, *diffusion_only]))
+    x4 = [*ACCEL["x4"], *diffusion_only]
+    # Table 2: CFG sweep of OOD + additive (1 is x4/ood_additive)
+    stages.append(sweep_stage("x4/cfg", "ood_additive", "guidance_scale", ["0", "2", "3", "5"], x4))
+    # Tables 3 and 4: drop one field / keep one field
+    for f in FIELDS:
+        stages.append(eval_stage(f"x4/drop_{f}", "ood_additive", [*x4, f"drop_fields=[{f}]"]))
+    for f in FIELDS:
+        stages.append(eval_stage(f"x4/keep_{f}", "ood_additive", [*x4, f"keep_fields=[{f}]"]))
+    # Table 6: ensemble of 5 samples (their complex mean)
+    stages.append(eval_stage("x4/ood_additive_k5", "ood_additive", [*x4, "ensemble=5"]))
+    # Table 7: the cardiac test split, OOD + additive vs the text model fine-tuned on the same mix
+    card = [*ACCEL["x4"]]
+    stages.append(eval_stage("cardiac/baselines", "base", [*card, "methods=[zero_filled,cs]"], CARDIAC_EVAL))
+    for arm in ("ood_additive", "text_mixed", "base"):
+        stages.append(eval_stage(f"cardiac/{arm}", arm, [*card, *diffusion_only], CARDIAC_EVAL))
+    return stages
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--print", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--only", default=None, help="regex on stage names (train/<arm>, eval/<acc>/<name>)")
+    ap.add_argument("--stage", choices=["train", "information", "eval"], default=None)
+    args = ap.parse_args(argv)
+    env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
+    failed = []
+    for stage in plan():
+        if args.stage and stage.kind != args.stage:
+            continue
+        if args.only and not re.search(args.only, stage.name):
+            continue
+        cmd = stage.command()
+        if args.print:
+            print("python", " ".join(_quote(c) for c in cmd[1:]))
+            continue
+        if stage.is_done():
+            print(f"== {stage.name}: done", flush=True)
+            continue
+        if stage.kind == "train":
+            last = stage.done_when[0]
+            if last.is_file():
+                cmd.append(f"ckpt_path={last}")
+        print(f"== {stage.name}: {' '.join(cmd[1:])}", flush=True)
+        if subprocess.run(cmd, env=env).returncode != 0:
+            print(f"!! {stage.name} failed", flush=True)
+            failed.append(stage.name)
+    if failed:
+        print("failed:", *failed, sep="\n  ")
+    return 1 if failed else 0
+
+
+def _quote(arg: str) -> str:
+    return f"'{arg}'" if any(c in arg for c in "[]${}~,") else arg
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -154,7 +154,7 @@ def check_counts(max_items: Any, batch_size: Any) -> None:
         raise ConfigError("max_items", max_items, "must be a positive integer, or null for every item")
 
 
-def select_items(n_total: int, max_items: int | None, seed: int) -> np.ndarray:
+def sample_items(n_total: int, max_items: int | None, seed: int) -> np.ndarray:
     """Dataset indices to measure, int64 (N,) ascending: all when ``max_items`` is ``None``
     or at least ``n_total``, else a seeded random subset of ``max_items`` (spread over
     volumes, unlike the first ``max_items``, which would take a few whole volumes)."""
@@ -315,7 +315,7 @@ def information_curves(
         raise ConfigError("split", "<empty>", "the dataset holds no items to measure",
                           hint="choose another split or domain")
     seed = int(seed)
-    items = select_items(n_total, max_items, seed)
+    items = sample_items(n_total, max_items, seed)
     n = len(items)
     volumes = item_volumes(dataset, items)
     encoder = module.encoder

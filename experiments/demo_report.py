@@ -56,6 +56,9 @@ def table(ft_run: Path, base_run: Path) -> str:
                      f"{s[0]:+.3f} [{s[1]:+.3f}, {s[2]:+.3f}] |")
     n_vol = tuned.fname.nunique()
     lines.append(f"\n{len(tuned)} test slices from {n_vol} volumes of patients no prior saw; 2000 bootstrap draws.")
+    if n_vol < 10:
+        lines.append(f"With {n_vol} volumes the bootstrap has few distinct resamples: read the intervals as a "
+                     "sketch, not a test (the study, experiments/README.md, evaluates 57 volumes).")
     return "\n".join(lines) + "\n"
 
 

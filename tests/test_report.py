@@ -207,9 +207,10 @@ def test_report_numbers_match_hand_computation(study, tmp_path):
     assert add[3] == ms([t + g for t, g in zip(TEXT_PSNR, ADD_GAIN, strict=False)], 2)
     assert add[5] == "n/a"                                          # no LPIPS in that run
     assert add[6].startswith(f"{np.mean(ADD_GAIN):+.2f} [")         # +1.60 over 5 shared slices
-    # two volumes: a.h5 (mean gain 1) and b.h5 (2); every draw lies between 1 and 2
+    # two volumes: a.h5 (gain 1 on every slice) and b.h5 (2). A draw is {a,a} (1), {a,b} or
+    # {b,b} (2), each of the pure ones with probability 1/4 > 2.5%: the interval is exactly [1, 2]
     lo, hi = (float(x) for x in add[6].split("[")[1].rstrip("]").split(","))
-    assert 1.0 <= lo <= np.mean(ADD_GAIN) <= hi <= 2.0
+    assert (lo, hi) == (1.0, 2.0)
     assert add[8] == "n/a"
     assert "additive: psnr: Δ over the 5 slices both have (5 in this row, 6 in the reference)" in md
     assert "1000 draws resampling volumes (fname) with replacement" in md and "95%" in md

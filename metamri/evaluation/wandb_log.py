@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from metamri.errors import ConfigError
+from metamri.evaluation.builder import _get, _plain  # one reader of Hydra nodes and mappings
 from metamri.metrics.table import COLUMNS, METRICS, MetricTable
 
 log = logging.getLogger(__name__)
@@ -463,20 +464,6 @@ def panel_images(wandb: Any, evaluation: Any, n: int, primary: str | None = None
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -24,9 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from metamri.models.tiny_contextmri import _bytes_to_unicode
+from metamri.models.tiny_contextmri import _bytes_to_unicode, write_contextmri_dir
 from metamri.models.unet import CONTEXTMRI
 
 #: ContextMRI's UNet layout at 64 x 64: widths 32/64/96 (ContextMRI: 192/384/576/768),
@@ -105,32 +103,8 @@ def write_base_init(path: str | Path, seed: int = 0) -> Path:
     ``seed`` fixes the UNet's and the text model's initial weights (the text model is
     never trained: it stays as initialised, as ContextMRI's CLIP stays as released).
     """
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    root = Path(path)
-    root.mkdir(parents=True, exist_ok=True)
-    tok_dir = write_prompt_tokenizer(root / "tokenizer")
-    vocab_size = len(CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True))
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        UNet2DConditionModel(**PHANTOM_CONTEXTMRI_UNET).save_pretrained(root / "unet")
-        text_cfg = CLIPTextConfig(
-            vocab_size=vocab_size, hidden_size=TEXT_WIDTH, intermediate_size=4 * TEXT_WIDTH,
-            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-            bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-        )
-        CLIPTextModel(text_cfg).save_pretrained(root / "text_encoder")
-    DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon",
-                  clip_sample=False).save_pretrained(root / "scheduler")
-    (root / "model_index.json").write_text(json.dumps({
-        "_class_name": "MRIPipeline",
-        "scheduler": ["diffusers", "DDPMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-    }, indent=2))
-    return root
+    return write_contextmri_dir(path, PHANTOM_CONTEXTMRI_UNET, write_prompt_tokenizer, TEXT_WIDTH,
+                                text_layers=2, text_heads=4, text_ffn=4 * TEXT_WIDTH, seed=seed)
 
 
 if __name__ == "__main__":  # pragma: no cover - command-line convenience

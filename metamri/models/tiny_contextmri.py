@@ -81,21 +81,31 @@ def write_clip_tokenizer_files(path: Path) -> Path:
     return path
 
 
-def write_tiny_contextmri(path: str | Path, seed: int = 0) -> Path:
-    """Write the tiny ContextMRI-layout directory at ``path`` (see the module doc); returns it."""
+def write_contextmri_dir(path: str | Path, unet_kwargs: dict[str, Any], tokenizer_writer,
+                         text_width: int, text_layers: int, text_heads: int, text_ffn: int,
+                         seed: int = 0) -> Path:
+    """A randomly initialised directory in ContextMRI's layout (see the module doc).
+
+    Args:
+        path: Where to write it.
+        unet_kwargs: ``UNet2DConditionModel`` keyword arguments.
+        tokenizer_writer: ``f(dir) -> dir`` writing the CLIP tokenizer files.
+        text_width, text_layers, text_heads, text_ffn: The CLIP text model's size.
+        seed: Fixes the UNet's and the text model's initial weights.
+    """
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
-    tok_dir = write_clip_tokenizer_files(root / "tokenizer")
+    tok_dir = tokenizer_writer(root / "tokenizer")
     vocab_size = len(CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        UNet2DConditionModel(**TINY_CONTEXTMRI_UNET).save_pretrained(root / "unet")
+        UNet2DConditionModel(**unet_kwargs).save_pretrained(root / "unet")
         text_cfg = CLIPTextConfig(
-            vocab_size=vocab_size, hidden_size=TEXT_WIDTH, intermediate_size=64,
-            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+            vocab_size=vocab_size, hidden_size=text_width, intermediate_size=text_ffn,
+            num_hidden_layers=text_layers, num_attention_heads=text_heads, max_position_embeddings=77,
             bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
         )
         CLIPTextModel(text_cfg).save_pretrained(root / "text_encoder")
@@ -109,6 +119,12 @@ def write_tiny_contextmri(path: str | Path, seed: int = 0) -> Path:
         "unet": ["diffusers", "UNet2DConditionModel"],
     }, indent=2))
     return root
+
+
+def write_tiny_contextmri(path: str | Path, seed: int = 0) -> Path:
+    """Write the tiny ContextMRI-layout directory at ``path`` (see the module doc); returns it."""
+    return write_contextmri_dir(path, TINY_CONTEXTMRI_UNET, write_clip_tokenizer_files, TEXT_WIDTH,
+                                text_layers=2, text_heads=2, text_ffn=64, seed=seed)
 
 
 if __name__ == "__main__":  # pragma: no cover - command-line convenience

@@ -106,6 +106,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     lpips_metric = LPIPSMetric.try_create() if cfg.get("lpips", False) else None
     out = evaluate_split(reconstructor, dataset, cfg.get("max_slices"), lpips_metric,
                          items_per_volume=cfg.get("items_per_volume"),
+                         batch_size=cfg.get("batch_size", 1),
                          keep_results=wandb_settings.panels if wandb_settings else 0)
     if len(out.table) == 0:
         raise ConfigError("split", cfg.split, f"holds no {cfg.domain} slices to evaluate")

@@ -1,6 +1,8 @@
-"""Export a text-conditioned checkpoint as a ContextMRI-layout diffusers directory.
+"""Export a trained prior as a directory of safetensors weights, in one of two layouts.
 
-``python -m metamri.export CKPT OUT_DIR`` writes::
+``python -m metamri.export CKPT OUT_DIR [--layout contextmri|metamri] [--dtype float32|float16]``
+
+``--layout contextmri`` (default) writes ContextMRI's diffusers layout::
 
     OUT_DIR/
       unet/            the UNet with the checkpoint's EMA weights (safetensors)
@@ -13,18 +15,34 @@
 so that ``prior=OUT_DIR`` (evaluation) and ``model=pretrained model.path=OUT_DIR``
 (fine-tuning) read it exactly as they read ContextMRI's release.  Only a checkpoint of
 ``encoder=text`` with the identity projection has this layout (the UNet reads the text
-model's states unchanged); anything else is refused with the reason.  The directory
-appears whole or not at all (written beside ``OUT_DIR``, then renamed).
+model's states unchanged); anything else is refused with the reason.
+
+``--layout metamri`` writes any prior (fine-grained, concatenated, LoRA, unconditional)::
+
+    OUT_DIR/
+      module.safetensors   every tensor of the module's state dict, EMA weights in place
+      module.json          the hyper-parameters that rebuild the module, and the encoders'
+                           non-tensor state (vocabularies, numeric ranges)
+      export.json          as above, with the stored dtype and the SHA-256 of the weights
+
+which ``prior=OUT_DIR`` reads as it reads the checkpoint (:func:`metamri.priors.load_prior`),
+without optimizer state: about a quarter of the checkpoint's size (half again with
+``--dtype float16``, which rounds every weight to float16 for storage; it is cast back to
+float32 on load).  Paths in the hyper-parameters (a text encoder's ``path``) are kept as the
+training run gave them.  Either directory appears whole or not at all (written beside
+``OUT_DIR``, then renamed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -59,6 +77,25 @@ def _check_exportable(module: Any, source: str) -> None:
                           hint="export a full fine-tune, or evaluate the .ckpt itself")
 
 
+@contextlib.contextmanager
+def _atomic_dir(out_dir: str | PathLike[str], overwrite: bool) -> Iterator[Path]:
+    """Yield a fresh directory beside ``out_dir`` that becomes ``out_dir`` if the block succeeds."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise ConfigError("out_dir", str(out), "exists already", hint="remove it or pass overwrite=true")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the export is for sharing
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def export_module(module: Any, out_dir: str | PathLike[str], *, source: str = "module",
                   extra: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Write ``module`` (a text-conditioned :class:`MetaDiffusionModule`) to ``out_dir``.
@@ -67,13 +104,7 @@ def export_module(module: Any, out_dir: str | PathLike[str], *, source: str = "m
     and sampling use), else its raw weights.  ``extra`` is merged into ``export.json``.
     """
     _check_exportable(module, source)
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise ConfigError("out_dir", str(out), "exists already", hint="remove it or pass overwrite=true")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the export is for sharing
-    try:
+    with _atomic_dir(out_dir, overwrite) as tmp:
         with module.ema_weights():
             module.unet.save_pretrained(tmp / "unet", safe_serialization=True)
         module.noise_scheduler.save_pretrained(tmp / "scheduler")
@@ -86,35 +117,120 @@ def export_module(module: Any, out_dir: str | PathLike[str], *, source: str = "m
                 "unet_parameters": sum(p.numel() for p in module.unet.parameters()),
                 **(extra or {})}
         (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir)
+
+
+#: Files of the ``metamri`` layout (:func:`export_module_state`).
+STATE_FILE, HPARAMS_FILE = "module.safetensors", "module.json"
+DTYPES = ("float32", "float16")
+
+
+def export_module_state(module: Any, out_dir: str | PathLike[str], *, dtype: str = "float32",
+                        source: str = "module", extra: dict[str, Any] | None = None,
+                        overwrite: bool = False) -> Path:
+    """Write any :class:`MetaDiffusionModule` to ``out_dir`` in the ``metamri`` layout (module doc).
+
+    Args:
+        module: The module; its EMA weights are stored when it has them.
+        out_dir: The directory to create.
+        dtype: ``"float32"`` or ``"float16"``: how floating-point tensors are stored.
+        source: Where the module came from (``export.json``).
+        extra: Merged into ``export.json``.
+        overwrite: Replace an existing ``out_dir``.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    if dtype not in DTYPES:
+        raise ConfigError("dtype", dtype, f"choose one of {list(DTYPES)}")
+    tensors: dict[str, Any] = {}
+    extra_state: dict[str, Any] = {}
+    with module.ema_weights():  # copied inside: the state dict's tensors are the live parameters
+        for key, value in module.state_dict().items():
+            if isinstance(value, torch.Tensor):
+                value = value.detach().to("cpu", copy=True)
+                if value.is_floating_point() and dtype == "float16":
+                    value = value.to(torch.float16)
+                tensors[key] = value.contiguous()
+            else:
+                extra_state[key] = value
+    hparams = {**_jsonable(dict(module.hparams)), "ema_decay": None}  # the stored weights are the EMA
+    with _atomic_dir(out_dir, overwrite) as tmp:
+        save_file(tensors, str(tmp / STATE_FILE))
+        try:
+            text = json.dumps({"hparams": hparams, "extra_state": _jsonable(extra_state)}, indent=1)
+        except TypeError as err:
+            raise ConfigError("module", type(module).__name__,
+                              f"{source}: its hyper-parameters or encoder state are not JSON ({err})") from None
+        (tmp / HPARAMS_FILE).write_text(text + "\n")
+        info = {"layout": "metamri", "source": source,
+                "weights": "ema" if module.ema_decay is not None else "raw", "dtype": dtype,
+                "sha256": hashlib.sha256((tmp / STATE_FILE).read_bytes()).hexdigest(),
+                "parameters": sum(p.numel() for p in module.parameters()), **(extra or {})}
+        (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+    return Path(out_dir)
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain containers of a config (OmegaConf nodes, tuples) as JSON's dicts and lists."""
+    if hasattr(value, "_get_node") or type(value).__name__ in ("DictConfig", "ListConfig"):
+        from omegaconf import OmegaConf
+
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def export_checkpoint(ckpt: str | PathLike[str], out_dir: str | PathLike[str], *,
-                      overwrite: bool = False) -> Path:
+                      layout: str = "contextmri", dtype: str = "float32", overwrite: bool = False) -> Path:
     """Export the ``metamri.train`` checkpoint ``ckpt`` to ``out_dir`` (see the module doc)."""
     import torch
 
     from metamri.priors import load_prior
 
+    if layout not in LAYOUTS:
+        raise ConfigError("layout", layout, f"choose one of {list(LAYOUTS)}")
+    if layout == "contextmri" and dtype != "float32":
+        raise ConfigError("dtype", dtype, "the contextmri layout is stored as float32",
+                          hint="use --layout metamri for float16 storage")
     module = load_prior(ckpt, key="ckpt")
+    from metamri.evaluation.wandb_log import TrainRun
+
     meta = torch.load(str(ckpt), map_location="cpu", weights_only=True)
-    extra = {"global_step": int(meta.get("global_step", -1)), "epoch": int(meta.get("epoch", -1))}
+    train = TrainRun.of_prior(ckpt)  # so that evaluations of the export group with its training run
+    extra = {"global_step": int(meta.get("global_step", -1)), "epoch": int(meta.get("epoch", -1)),
+             "train_run": None if train.path is None else str(train.path),
+             "train_wandb_group": train.group, "train_wandb_id": train.wandb_id}
+    if layout == "metamri":
+        return export_module_state(module, out_dir, dtype=dtype, source=str(ckpt), extra=extra,
+                                   overwrite=overwrite)
     return export_module(module, out_dir, source=str(ckpt), extra=extra, overwrite=overwrite)
 
 
+LAYOUTS = ("contextmri", "metamri")
+USAGE = ("usage: python -m metamri.export CKPT OUT_DIR [--layout contextmri|metamri] "
+         "[--dtype float32|float16] [--overwrite]")
+
+
 def main(argv: list[str]) -> int:
-    args = [a for a in argv if not a.startswith("--")]
-    if len(args) != 2:
-        print("usage: python -m metamri.export CKPT OUT_DIR [--overwrite]", file=sys.stderr)
-        return 2
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m metamri.export", usage=USAGE[7:])
+    ap.add_argument("ckpt")
+    ap.add_argument("out_dir")
+    ap.add_argument("--layout", default="contextmri")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--overwrite", action="store_true")
     try:
-        print(export_checkpoint(args[0], args[1], overwrite="--overwrite" in argv))
+        args = ap.parse_args(argv)
+    except SystemExit as exit_:
+        return 2 if exit_.code else 0
+    try:
+        print(export_checkpoint(args.ckpt, args.out_dir, layout=args.layout, dtype=args.dtype,
+                                overwrite=args.overwrite))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

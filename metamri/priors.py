@@ -8,7 +8,10 @@ Two forms are first-class:
 * a diffusers directory laid out as ContextMRI's release (``unet/``, ``scheduler/``,
   ``text_encoder/``, ``tokenizer/``): scored as-is, the UNet, noise schedule, text
   encoder and tokenizer all read from that one directory, the metadata turned into
-  the prompt ContextMRI was trained on.
+  the prompt ContextMRI was trained on;
+* a ``metamri`` directory of :mod:`metamri.export` (``module.safetensors`` and
+  ``module.json``): any trained module's (EMA) weights without optimizer state, rebuilt
+  from its hyper-parameters as the checkpoint is.
 
 The evaluation and reconstruction CLIs call :func:`load_prior` with their
 ``prior`` key.
@@ -28,11 +31,20 @@ def is_diffusers_dir(path: str | PathLike[str]) -> bool:
     return p.is_dir() and (p / "unet").is_dir()
 
 
+def is_metamri_dir(path: str | PathLike[str]) -> bool:
+    """Whether ``path`` is a directory of ``metamri.export --layout metamri``."""
+    from metamri.export import HPARAMS_FILE, STATE_FILE
+
+    p = Path(path)
+    return p.is_dir() and (p / STATE_FILE).is_file() and (p / HPARAMS_FILE).is_file()
+
+
 def load_prior(path: str | PathLike[str] | None, key: str = "prior"):
     """The prior at ``path`` as a :class:`~metamri.training.module.MetaDiffusionModule`, in eval mode.
 
     Args:
-        path: A ``.ckpt`` file of ``metamri.train`` or a diffusers directory.
+        path: A ``.ckpt`` file of ``metamri.train``, a diffusers directory, or a
+            ``metamri`` directory of :mod:`metamri.export`.
         key: Config key named in errors.
     """
     if not path:
@@ -41,8 +53,11 @@ def load_prior(path: str | PathLike[str] | None, key: str = "prior"):
                                "or methods=[zero_filled,cs]")
     p = Path(str(path)).expanduser()
     if p.is_dir():
+        if is_metamri_dir(p):
+            return load_metamri_prior(p, key)
         if not is_diffusers_dir(p):
-            raise ConfigError(key, str(path), "a directory without unet/ is not a diffusers checkpoint")
+            raise ConfigError(key, str(path), "a directory without unet/ (diffusers) or module.safetensors "
+                                              "(metamri.export) is not a prior")
         return load_diffusers_prior(p)
     if not p.is_file():
         raise ConfigError(key, str(path), "no such checkpoint file or directory")
@@ -80,3 +95,42 @@ def load_diffusers_prior(path: str | PathLike[str]):
     from metamri.training.module import MetaDiffusionModule
 
     return MetaDiffusionModule(**diffusers_prior_config(path)).eval()
+
+
+def load_metamri_prior(path: str | PathLike[str], key: str = "prior"):
+    """A ``metamri``-layout directory (:func:`metamri.export.export_module_state`), in eval mode.
+
+    The module is rebuilt from ``module.json``'s hyper-parameters (with its UNet
+    architecture, LoRA adapters and encoder), then every tensor of ``module.safetensors``
+    (cast to the module's dtype) and the encoders' non-tensor state are loaded strictly.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from metamri.export import HPARAMS_FILE, STATE_FILE
+    from metamri.training.module import MetaDiffusionModule
+
+    root = Path(path)
+    try:
+        stored = json.loads((root / HPARAMS_FILE).read_text())
+        hparams, extra_state = stored["hparams"], stored.get("extra_state", {})
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ConfigError(key, str(path), f"{HPARAMS_FILE} is not an export's hyper-parameters ({err})",
+                          hint="re-export the checkpoint with python -m metamri.export --layout metamri") from None
+    module = MetaDiffusionModule(**hparams)
+    try:
+        tensors = load_file(str(root / STATE_FILE))
+    except Exception as err:  # safetensors raises its own error types for truncated files
+        raise ConfigError(key, str(path), f"{STATE_FILE} cannot be read ({err})",
+                          hint="the file is truncated or not safetensors; re-export it") from None
+    own = module.state_dict()
+    state = {k: (v.to(own[k].dtype) if k in own and isinstance(own[k], torch.Tensor) else v)
+             for k, v in tensors.items()}
+    state.update(extra_state)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ConfigError(key, str(path), f"its weights do not fit the module of {HPARAMS_FILE}: {err}") from None
+    return module.eval()

@@ -131,7 +131,7 @@ def test_run_config_is_flat_with_exact_keys(tmp_path):
     ckpt.write_bytes(b"")
     cfg = compose_cfg(f"prior={ckpt}", "split=val", "guidance_scale=2", "drop_fields=[te,tr]",
                       "ensemble=3", "mask.acceleration=8", "sampler.num_steps=7", "max_slices=5",
-                      "items_per_volume=1", "base_seed=4", "methods=[zero_filled,diffusion]",
+                      "items_per_volume=1", "batch_size=2", "base_seed=4", "methods=[zero_filled,diffusion]",
                       "cs.lamda=0.01")
     config = run_config(cfg, SimpleNamespace(effective_acceleration=8.25))
     assert config == {
@@ -141,7 +141,7 @@ def test_run_config_is_flat_with_exact_keys(tmp_path):
         "mask": "Uniform1D", "acceleration": 8, "effective_acceleration": 8.25,
         "center_fraction": 0.08, "min_center_lines": 8,
         "sampler": "DecomposedDiffusionSampler", "num_steps": 7, "eta": 0.8,
-        "items_per_volume": 1, "max_slices": 5, "base_seed": 4,
+        "items_per_volume": 1, "max_slices": 5, "batch_size": 2, "base_seed": 4,
         "coil_maps": "fully_sampled", "scaling": "reference", "cs_lamda": 0.01,
     }
     assert list(config) == list(config.keys())  # insertion order is the documented order

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from metamri.data.sample import ImageSample
+from metamri.errors import ConfigError
 from metamri.evaluation import (
     ReconstructionCallback,
     Reconstructor,
@@ -277,6 +278,49 @@ def test_shards_of_two_ranks_merge_to_the_single_process_table():
     assert [(r.fname, r.slice, r.method) for r in single[:3]] == [
         ("f0.h5", 0, "diffusion"), ("f0.h5", 0, "zero_filled"), ("f0.h5", 1, "diffusion")]
     assert slice_key(samples[0]).slice_id == "f0.h5:0:-1"
+
+
+def test_a_batch_of_slices_equals_each_slice_alone_up_to_rounding():
+    """B slices with their own masks, metadata and seeds in one sampler batch (K = 2 each):
+    the same images as one at a time, to float32 rounding; a broken per-slice mask, context
+    or seed order would move a slice by far more."""
+    samples = [make_sample(f"vol_{c}.h5", s, seed=3 * i + s) for i, c in enumerate("abc") for s in (0, 1)]
+    samples[2] = samples[2]._replace(metadata=FLAIR.replace(contrast="AXT1", te=10.0, tr=500.0, ti=None))
+    rec = Reconstructor(Uniform1D(acceleration=4, center_fraction=0.125), ("zero_filled", "diffusion"),
+                        sampler=sampler(4, guidance_scale=2.0), module=make_module(), ensemble=2)
+    masks = {str(rec(s).mask.tolist()) for s in samples}
+    assert len(masks) > 1  # the volumes' masks differ, so per-slice masks are exercised
+    alone = [rec(s) for s in samples]
+    batched = rec.reconstruct_batch(samples)
+    assert [r.key for r in batched] == [r.key for r in alone]
+    for a, b in zip(alone, batched, strict=True):
+        np.testing.assert_array_equal(a.mask, b.mask)
+        scale = np.abs(a.images["diffusion"]).max()
+        np.testing.assert_allclose(b.images["diffusion"], a.images["diffusion"], atol=1e-4 * scale)
+        np.testing.assert_allclose(b.std, a.std, atol=1e-4 * scale)
+        np.testing.assert_array_equal(b.images["zero_filled"], a.images["zero_filled"])
+        assert b.timings["diffusion/batch"] == len(samples) and a.timings["diffusion/batch"] == 1
+    # and the slices of the batch are not all alike (the comparison above has teeth)
+    assert np.abs(batched[0].images["diffusion"] - batched[1].images["diffusion"]).max() > 1e-2 * scale
+
+    table1 = evaluate_split(rec, samples).table
+    table3 = evaluate_split(rec, samples, batch_size=4).table  # batches of 4 and 2
+    assert [(r.fname, r.slice, r.method) for r in table1.rows] == [(r.fname, r.slice, r.method)
+                                                                   for r in table3.rows]
+    for r1, r3 in zip(table1.rows, table3.rows, strict=True):
+        assert r3.psnr == pytest.approx(r1.psnr, abs=1e-3)
+    with pytest.raises(ConfigError, match="batch_size"):
+        evaluate_split(rec, samples, batch_size=0)
+
+
+def test_a_batch_refuses_slices_of_different_sizes():
+    small = make_sample()
+    big = small._replace(image=np.zeros((2, SIZE, 2 * SIZE), np.float32),
+                         maps=np.ones((COILS, SIZE, 2 * SIZE), np.complex64) / 2, fname="wide.h5")
+    rec = Reconstructor(lambda shape, seed: np.ones(shape[-1], bool), ("zero_filled",))
+    with pytest.raises(ValueError, match="batch_size=1"):
+        rec.reconstruct_batch([small, big])
+    assert rec.reconstruct_batch([]) == []
 
 
 # -- callback --------------------------------------------------------------------------------------

@@ -6,11 +6,15 @@ for Tables 1-7 (experiments/README.md says what each table asks).
     python experiments/study/run.py --only 'x4/'     # the stages whose name matches a regex
     python experiments/study/run.py --stage train    # only the fine-tuning runs
 
-Every stage is resumable and skips what is done: a training run whose ``last.ckpt`` has
-reached its steps is skipped (one killed midway resumes from its last checkpoint), an
-evaluation whose per-slice CSV exists is skipped.  Training runs live under
-``logs/study/train/<arm>`` (checkpoints, not committed); evaluations under
-``experiments/study/eval/<x4|x8|cardiac>/<name>`` (config + per-slice CSV, committed).
+Every stage is resumable and skips what is done: a training run whose exported prior
+exists, or whose ``last.ckpt`` has reached its steps, is skipped (one killed midway
+resumes from its last checkpoint), an evaluation whose per-slice CSV exists is skipped.
+Training runs live under ``logs/study/train/<arm>`` (checkpoints, not committed); each
+finished run is exported (``metamri.export --layout metamri --dtype float16``: its EMA
+weights, 4.7 MB) to ``experiments/study/priors/<arm>``, committed, and every evaluation
+and information run reads that directory, so a later session (or a user) evaluates
+without retraining.  Evaluations go under ``experiments/study/eval/<x4|x8|cardiac>/<name>``
+(config + per-slice CSV, committed).
 ``python -m metamri.report`` turns them into the tables.  The per-timestep information
 curves (``metamri.information``) go to ``experiments/study/information/<arm>.csv``.
 
@@ -18,7 +22,8 @@ Fixed before any result was seen, the same for every arm: 1000 steps, batch 8, A
 lr 1e-4 (constant), EMA 0.999, seed 0, from ``pretrained/phantom_contextmri``.
 Evaluation: the test split's central slice of every volume (57 brain slices from 19
 patients; cardiac: the central 4 slice-frames of each cine volume), DDS 100 steps, CFG 1
-unless the table varies it, one sample unless the table varies it.
+unless the table varies it, one sample unless the table varies it; 16 slices per sampler
+batch (``batch_size=16``: the same reconstructions as one by one up to float rounding).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pathlib import Path
 PY = os.environ.get("PY", sys.executable)
 BASE = "pretrained/phantom_contextmri"
 TRAIN_ROOT = Path("logs/study/train")
+PRIOR_ROOT = Path("experiments/study/priors")
 EVAL_ROOT = Path("experiments/study/eval")
 STEPS = 1000
 
@@ -60,7 +66,7 @@ ARMS: dict[str, list[str]] = {
 }
 
 #: Evaluation settings common to every run of a domain.
-COMMON_EVAL = ["split=test", "lpips=true"]
+COMMON_EVAL = ["split=test", "lpips=true", "batch_size=16"]
 BRAIN_EVAL = ["data=study", "domain=brain", "items_per_volume=1"]
 CARDIAC_EVAL = ["data=study_mixed", "domain=cardiac", "items_per_volume=4"]
 #: 8x at 64 px: the paper's centre fraction (0.08: 5 lines) without the 8-line floor,
@@ -70,7 +76,8 @@ FIELDS = ("anatomy", "contrast", "sequence", "slice", "tr", "te", "ti", "flip_an
 
 
 def prior_of(arm: str) -> str:
-    return BASE if arm == "base" else str(TRAIN_ROOT / arm / "checkpoints" / "last.ckpt")
+    """The prior an arm is evaluated with: the shipped base, or the arm's exported EMA weights."""
+    return BASE if arm == "base" else str(PRIOR_ROOT / arm)
 
 
 @dataclass
@@ -78,19 +85,20 @@ class Stage:
     """One command and the file whose existence says it is done."""
 
     name: str
-    kind: str  # train | eval | information
+    kind: str  # train | export | eval | information
     args: list[str]
     done_when: list[Path] = field(default_factory=list)
     steps: int | None = None  # train: the global step last.ckpt must have reached
 
     def command(self) -> list[str]:
-        module = {"train": "metamri.train", "eval": "metamri.evaluate",
+        module = {"train": "metamri.train", "export": "metamri.export", "eval": "metamri.evaluate",
                   "information": "metamri.information"}[self.kind]
         return [PY, "-m", module, *self.args]
 
     def is_done(self) -> bool:
         if self.kind == "train":
-            return checkpoint_step(self.done_when[0]) >= (self.steps or 0)
+            exported = Path(prior_of(self.name.split("/", 1)[1])) / "export.json"
+            return exported.is_file() or checkpoint_step(self.done_when[0]) >= (self.steps or 0)
         return all(p.is_file() for p in self.done_when)
 
 
@@ -110,6 +118,14 @@ def train_stage(arm: str) -> Stage:
     if arm == "text_mixed":  # its own group name is part of the arm
         args = [a for a in args if a != f"wandb_group=study_{arm}"]
     return Stage(f"train/{arm}", "train", args, [last], steps=STEPS)
+
+
+def export_stage(arm: str) -> Stage:
+    """The finished run's EMA weights as a committed prior directory (float16 storage)."""
+    out = PRIOR_ROOT / arm
+    args = [str(TRAIN_ROOT / arm / "checkpoints" / "last.ckpt"), str(out), "--layout", "metamri",
+            "--dtype", "float16"]
+    return Stage(f"export/{arm}", "export", args, [out / "export.json"])
 
 
 def eval_stage(name: str, arm: str, extra: list[str], domain_args: list[str] = BRAIN_EVAL,
@@ -140,7 +156,7 @@ def information_stage(arm: str) -> Stage:
 
 
 def plan() -> list[Stage]:
-    stages = [train_stage(arm) for arm in ARMS]
+    stages = [stage for arm in ARMS for stage in (train_stage(arm), export_stage(arm))]
     stages += [information_stage(arm) for arm in ("base", "text", "additive", "ood_additive", "unconditional")]
     diffusion_only = ["methods=[diffusion]"]
     for acc, acc_args in ACCEL.items():
@@ -166,11 +182,54 @@ def plan() -> list[Stage]:
     return stages
 
 
+def record_training(arm: str) -> None:
+    """Write ``<prior>/training.json`` (the arm's command, its validation-loss curve) and the
+    priors' model card ``experiments/study/priors/README.md`` from every exported arm."""
+    import json
+
+    curve: list[list[float]] = []
+    metrics = TRAIN_ROOT / arm / "csv" / "metrics.csv"
+    if metrics.is_file():
+        import pandas as pd
+
+        m = pd.read_csv(metrics)
+        if "val/loss" in m:
+            val = m.dropna(subset=["val/loss"]).drop_duplicates("step", keep="last").sort_values("step")
+            curve = [[int(a), round(float(b), 5)] for a, b in zip(val["step"], val["val/loss"], strict=True)]
+    info = {"arm": arm, "command": "python " + " ".join(_quote(c) for c in train_stage(arm).command()[1:]),
+            "steps": STEPS, "val_loss": curve,
+            "val_loss_note": "EMA weights, fixed noise, 64 validation items; a resumed run's CSV "
+                             "holds only the steps after its resumption"}
+    (PRIOR_ROOT / arm / "training.json").write_text(json.dumps(info, indent=1) + "\n")
+    rows = []
+    for d in sorted(PRIOR_ROOT.glob("*/training.json")):
+        t, e = json.loads(d.read_text()), json.loads((d.parent / "export.json").read_text())
+        last = f"{t['val_loss'][-1][1]:.4f} (step {t['val_loss'][-1][0] + 1})" if t["val_loss"] else "n/a"
+        rows.append(f"| `{t['arm']}` | {e['global_step']} | {last} | {e['parameters'] / 1e6:.2f} M | "
+                    f"`{e['sha256'][:12]}` |")
+    card = f"""# The study's fine-tuned priors
+
+Each directory is one arm of the study (experiments/README.md), fine-tuned from
+`pretrained/phantom_contextmri` with the same budget ({STEPS} steps, batch 8, AdamW lr 1e-4,
+EMA 0.999, seed 0) and exported with `python -m metamri.export last.ckpt DIR --layout metamri
+--dtype float16`: its EMA weights (rounded to float16 for storage, float32 on load) and the
+hyper-parameters that rebuild it. `prior=experiments/study/priors/<arm>` evaluates it; the
+text encoder of every arm is read from `pretrained/phantom_contextmri` (run from the repository
+root). Each `training.json` holds the exact training command and its validation-loss curve.
+Made by `python experiments/study/run.py --only '^(train|export)/'` (from the shipped base prior
+and `python -m metamri.phantom preset=study`).
+
+| arm | steps | val/loss at the end | parameters | SHA-256 of module.safetensors |
+|---|---|---|---|---|
+""" + "\n".join(rows) + "\n"
+    (PRIOR_ROOT / "README.md").write_text(card)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--print", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--only", default=None, help="regex on stage names (train/<arm>, eval/<acc>/<name>)")
-    ap.add_argument("--stage", choices=["train", "information", "eval"], default=None)
+    ap.add_argument("--stage", choices=["train", "export", "information", "eval"], default=None)
     args = ap.parse_args(argv)
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
@@ -195,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         if subprocess.run(cmd, env=env).returncode != 0:
             print(f"!! {stage.name} failed", flush=True)
             failed.append(stage.name)
+        elif stage.kind == "export":
+            record_training(stage.name.split("/", 1)[1])
     if failed:
         print("failed:", *failed, sep="\n  ")
     return 1 if failed else 0

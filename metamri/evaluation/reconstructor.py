@@ -45,6 +45,12 @@ the phantom's 64 px (``docs/cs_baseline.md``, "Scaling").
 Seeds: the K samples of slice ``(fname, slice, frame)`` use
 ``ensemble_seeds(f"{fname}:{slice}:{frame}", K, base_seed)``, so a slice's
 reconstruction does not depend on which process reconstructs it or in what order.
+
+Batches (:meth:`Reconstructor.reconstruct_batch`): B slices run through the sampler as
+one batch of B*K (each with its own mask, maps, context, seeds and CG solve), the
+baselines slice by slice. A slice's reconstruction is then the same as alone up to
+floating-point rounding (the network's batched kernels sum in another order); with
+B = 1 it is bitwise the same whatever the sharding.
 """
 
 from __future__ import annotations
@@ -247,9 +253,15 @@ class Reconstructor:
         return x_gt, maps, mask, y
 
     @torch.no_grad()
-    def diffusion(self, key: SliceKey, meta: Metadata, y: torch.Tensor, maps: torch.Tensor,
-                  mask: np.ndarray):
-        """Ensemble posterior sample of one slice -> :class:`~metamri.sampling.ensemble.EnsembleResult`."""
+    def diffusion(self, keys: Sequence[SliceKey], metas: Sequence[Metadata], y: torch.Tensor,
+                  maps: torch.Tensor, mask: np.ndarray):
+        """Ensemble posterior samples of B slices -> :class:`~metamri.sampling.ensemble.EnsembleResult`.
+
+        Args:
+            keys, metas: B slices and their (unablated) metadata.
+            y: complex64 (B, C, H, W) undersampled k-space; maps: complex64 (B, C, H, W).
+            mask: bool (B, W), one line mask per slice.
+        """
         module = self.module
         device = module.device
         was_training = module.training
@@ -257,21 +269,22 @@ class Reconstructor:
         try:
             ema = module.ema_weights() if self.use_ema else contextlib.nullcontext()
             with ema:
-                cond = module.context([self.ablate(meta)])
-                uncond = module.context([meta], module.encoder.drop_all(1))
+                cond = module.context([self.ablate(m) for m in metas])
+                uncond = module.context(list(metas), module.encoder.drop_all(len(metas)))
+                seeds = [s for k in keys for s in ensemble_seeds(k.slice_id, self.ensemble, self.base_seed)]
+                line_masks = torch.from_numpy(np.asarray(mask, dtype=bool)).reshape(len(keys), 1, -1)
                 return ensemble_sample(
-                    self.sampler, module.eps_from_context, y[None].to(device), maps[None].to(device),
-                    torch.from_numpy(mask).to(device), cond, uncond, self.ensemble,
-                    ensemble_seeds(key.slice_id, self.ensemble, self.base_seed),
+                    self.sampler, module.eps_from_context, y.to(device), maps.to(device),
+                    line_masks.to(device), cond, uncond, self.ensemble, seeds,
                 )
         finally:
             module.train(was_training)
 
-    # -- one slice ---------------------------------------------------------------------------
+    # -- slices ------------------------------------------------------------------------------
     def reconstruct_kspace(
         self, key: SliceKey, meta: Metadata, y: torch.Tensor, maps: torch.Tensor, mask: np.ndarray
     ) -> tuple[dict[str, np.ndarray], np.ndarray | None, dict[str, float]]:
-        """Reconstruct measured k-space with every method.
+        """Reconstruct the measured k-space of one slice with every method.
 
         Args:
             key: The slice (its name seeds the ensemble).
@@ -285,24 +298,45 @@ class Reconstructor:
             ``"zero_filled"`` and each method; the ensemble's magnitude std (H, W)
             or ``None``; wall times in seconds.
         """
-        images: dict[str, np.ndarray] = {}
-        timings: dict[str, float] = {}
-        std = None
-        start = time.perf_counter()
-        images["zero_filled"] = zero_filled(y, maps, mask).numpy().astype(np.complex64)
-        timings["zero_filled"] = time.perf_counter() - start
-        if "cs" in self.methods:
+        return self.reconstruct_kspace_batch([key], [meta], y[None], maps[None], np.asarray(mask)[None])[0]
+
+    def reconstruct_kspace_batch(
+        self, keys: Sequence[SliceKey], metas: Sequence[Metadata], y: torch.Tensor, maps: torch.Tensor,
+        mask: np.ndarray,
+    ) -> list[tuple[dict[str, np.ndarray], np.ndarray | None, dict[str, float]]]:
+        """:meth:`reconstruct_kspace` of B slices, the diffusion method as one sampler batch.
+
+        ``y``, ``maps``: complex64 (B, C, H, W); ``mask``: bool (B, W). Returns one
+        ``(images, std, timings)`` per slice; a slice's ``"diffusion"`` time is the batch's
+        divided by B (``"diffusion/batch"`` says B).
+        """
+        b = len(keys)
+        out: list[tuple[dict[str, np.ndarray], np.ndarray | None, dict[str, float]]] = []
+        for i in range(b):
+            images: dict[str, np.ndarray] = {}
+            timings: dict[str, float] = {}
             start = time.perf_counter()
-            images["cs"] = compressed_sensing(y.numpy(), maps.numpy(), mask, **self.cs).astype(np.complex64)
-            timings["cs"] = time.perf_counter() - start
+            images["zero_filled"] = zero_filled(y[i], maps[i], mask[i]).numpy().astype(np.complex64)
+            timings["zero_filled"] = time.perf_counter() - start
+            if "cs" in self.methods:
+                start = time.perf_counter()
+                images["cs"] = compressed_sensing(y[i].numpy(), maps[i].numpy(), mask[i],
+                                                  **self.cs).astype(np.complex64)
+                timings["cs"] = time.perf_counter() - start
+            out.append((images, None, timings))
         if "diffusion" in self.methods:
             start = time.perf_counter()
-            result = self.diffusion(key, meta, y, maps, mask)
-            images["diffusion"] = result.mean[0].detach().cpu().numpy().astype(np.complex64)
-            std = result.std[0].detach().cpu().numpy().astype(np.float32)
-            timings["diffusion"] = time.perf_counter() - start
-            timings.update({f"diffusion/{k}": float(v) for k, v in result.timings.items()})
-        return images, std, timings
+            result = self.diffusion(keys, metas, y, maps, mask)
+            per_slice = (time.perf_counter() - start) / b
+            mean = result.mean.detach().cpu().numpy().astype(np.complex64)
+            std = result.std.detach().cpu().numpy().astype(np.float32)
+            for i, (images, _, timings) in enumerate(out):
+                images["diffusion"] = mean[i]
+                timings["diffusion"] = per_slice
+                timings["diffusion/batch"] = float(b)
+                timings.update({f"diffusion/{k}": float(v) / b for k, v in result.timings.items()})
+                out[i] = (images, std[i], timings)
+        return out
 
     def __call__(self, sample: ImageSample) -> SliceResult:
         """Simulate the measurement of one slice and reconstruct it (see the module docstring).
@@ -311,26 +345,47 @@ class Reconstructor:
             DataFileError: ``coil_maps="calibration"`` and the calibration maps of this
                 slice cannot be trusted (the message names the file, slice and ACS width).
         """
-        key = slice_key(sample)
-        x_gt, maps, mask, y = self.measure(sample)
-        check = None
-        if self.coil_maps == "calibration":
-            from metamri.preprocess.measured import calibration_maps
+        return self.reconstruct_batch([sample])[0]
 
-            where = f"slice {key.slice}" + ("" if key.frame is None else f", frame {key.frame}")
-            cal, check = calibration_maps(y.numpy(), mask, self.espirit, path=key.fname, where=where)
-            maps = torch.from_numpy(cal)
-        s = 1.0
-        if self.scaling == "measured":
-            from metamri.preprocess.measured import measured_scale
+    def reconstruct_batch(self, samples: Sequence[ImageSample]) -> list[SliceResult]:
+        """:meth:`__call__` of B slices, the diffusion method run as one batch (module docstring)."""
+        keys, measured, scales = [], [], []
+        for sample in samples:
+            key = slice_key(sample)
+            x_gt, maps, mask, y = self.measure(sample)
+            check = None
+            if self.coil_maps == "calibration":
+                from metamri.preprocess.measured import calibration_maps
 
-            s = measured_scale(y.numpy(), maps.numpy(), mask, tuple(x_gt.shape))
-        images, std, timings = self.reconstruct_kspace(key, sample.metadata, y / s, maps, mask)
-        if s != 1.0:
-            images = {k: (v * s).astype(np.complex64) for k, v in images.items()}
-            std = None if std is None else (std * s).astype(np.float32)
-        return SliceResult(key, {"ground_truth": x_gt.numpy(), **images}, std, mask, timings,
-                           float(sample.scale), check)
+                where = f"slice {key.slice}" + ("" if key.frame is None else f", frame {key.frame}")
+                cal, check = calibration_maps(y.numpy(), mask, self.espirit, path=key.fname, where=where)
+                maps = torch.from_numpy(cal)
+            s = 1.0
+            if self.scaling == "measured":
+                from metamri.preprocess.measured import measured_scale
+
+                s = measured_scale(y.numpy(), maps.numpy(), mask, tuple(x_gt.shape))
+            keys.append(key)
+            measured.append((x_gt, maps, mask, y / s, check))
+            scales.append(s)
+        if not keys:
+            return []
+        shapes = {tuple(m[3].shape) for m in measured}
+        if len(shapes) > 1:
+            raise ValueError(f"a batch of slices must share one k-space shape (C, H, W); got {sorted(shapes)} "
+                             f"for {[k.slice_id for k in keys]}: use batch_size=1 for mixed sizes")
+        recons = self.reconstruct_kspace_batch(
+            keys, [sample.metadata for sample in samples], torch.stack([m[3] for m in measured]),
+            torch.stack([m[1] for m in measured]), np.stack([m[2] for m in measured]))
+        results = []
+        for sample, key, (x_gt, _, mask, _, check), s, (images, std, timings) in zip(
+                samples, keys, measured, scales, recons, strict=True):
+            if s != 1.0:
+                images = {k: (v * s).astype(np.complex64) for k, v in images.items()}
+                std = None if std is None else (std * s).astype(np.float32)
+            results.append(SliceResult(key, {"ground_truth": x_gt.numpy(), **images}, std, mask, timings,
+                                       float(sample.scale), check))
+        return results
 
     def score(self, result: SliceResult, table: MetricTable, lpips_metric=None) -> list[MetricRow]:
         """Add one row per scored method of ``result`` to ``table`` (magnitudes, normalised units)."""

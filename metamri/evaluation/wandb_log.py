@@ -36,6 +36,7 @@ warning naming the step that failed; the evaluation still returns its metric.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -174,8 +175,24 @@ class TrainRun:
         """The training run of ``prior`` (see :func:`train_run_dir`), read; empty for none."""
         run = train_run_dir(prior)
         if run is None:
-            return cls()
+            return cls.of_export(prior)
         return cls(run, train_wandb_group(run), train_wandb_id(run))
+
+    @classmethod
+    def of_export(cls, prior: str | PathLike[str] | None) -> TrainRun:
+        """The training run an exported prior directory names in its ``export.json``
+        (``train_run``, ``train_wandb_group``, ``train_wandb_id``, recorded at export; the
+        run directory itself may be gone); empty for other priors."""
+        info_path = Path(str(prior or "")).expanduser() / "export.json"
+        if not prior or not info_path.is_file():
+            return cls()
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("W&B group: could not read %s (%s)", info_path, exc)
+            return cls()
+        run = info.get("train_run")
+        return cls(None if run is None else Path(run), info.get("train_wandb_group"), info.get("train_wandb_id"))
 
 
 def train_run_dir(prior: str | PathLike[str] | None) -> Path | None:
@@ -291,8 +308,8 @@ def run_config(cfg: Any, evaluation: Any = None, train: TrainRun | None = None) 
     Keys, in order: ``prior, train_run, train_wandb_id, split, domain, methods,
     guidance_scale, ensemble, drop_fields, keep_fields, mask, acceleration,
     effective_acceleration`` (+ ``center_fraction``, ``min_center_lines`` where the mask has
-    them), ``sampler, num_steps`` (+ ``eta``), ``items_per_volume, max_slices, base_seed,
-    coil_maps, scaling, cs_lamda``. Lists (``methods``, ``drop_fields``, ``keep_fields``)
+    them), ``sampler, num_steps`` (+ ``eta``), ``items_per_volume, max_slices, batch_size,
+    base_seed, coil_maps, scaling, cs_lamda``. Lists (``methods``, ``drop_fields``, ``keep_fields``)
     are comma-joined strings; ``keep_fields`` is ``None`` when unset (every field).
     """
     from metamri.evaluation.builder import prior_path
@@ -332,6 +349,7 @@ def run_config(cfg: Any, evaluation: Any = None, train: TrainRun | None = None) 
     out.update(
         items_per_volume=_int_or_none(_get(cfg, "items_per_volume")),
         max_slices=_int_or_none(_get(cfg, "max_slices")),
+        batch_size=_int_or_none(_get(cfg, "batch_size")),
         base_seed=_int_or_none(_get(cfg, "base_seed")),
         coil_maps=_str_or_none(_get(cfg, "coil_maps")),
         scaling=_str_or_none(_get(cfg, "scaling")),

@@ -50,17 +50,17 @@ COMMON_TRAIN = [
     "trainer.check_val_every_n_epoch=null", "data.val_max_items=64",
 ]
 
-#: arm -> its own overrides. Brain-only arms on the study population's brain split; the OOD
+#: arm -> its own overrides, in the order they train (the information plot's arms first). Brain-only arms on the study population's brain split; the OOD
 #: arms on the 1:5 cardiac mix; ``text_mixed`` is Table 7's baseline (the text model
 #: fine-tuned on that same mix, all timesteps).
 ARMS: dict[str, list[str]] = {
     "text": ["+experiment=contextmri", "data=study"],
     "additive": ["+experiment=additive", "data=study"],
-    "concat": ["+experiment=concat", "data=study", "encoder.gate_init=1"],  # the paper's plain concatenation
-    "lora": ["+experiment=lora", "data=study"],
+    "unconditional": ["+experiment=unconditional", "data=study"],
     "ood_additive": ["+experiment=ood_additive", "data=study_mixed"],
     "ood_low_noise": ["+experiment=ood_low_noise", "data=study_mixed"],
-    "unconditional": ["+experiment=unconditional", "data=study"],
+    "concat": ["+experiment=concat", "data=study", "encoder.gate_init=1"],  # the paper's plain concatenation
+    "lora": ["+experiment=lora", "data=study"],
     "text_mixed": ["+experiment=contextmri", "data=study_mixed", "wandb_group=text_mixed",
                    "tags=[contextmri,text,ood]"],
 }
@@ -94,6 +94,10 @@ class Stage:
         module = {"train": "metamri.train", "export": "metamri.export", "eval": "metamri.evaluate",
                   "information": "metamri.information"}[self.kind]
         return [PY, "-m", module, *self.args]
+
+    def prior(self) -> str | None:
+        """The prior an evaluation or information run reads (``None`` for other stages)."""
+        return next((a[len("prior="):] for a in self.args if a.startswith("prior=")), None)
 
     def is_done(self) -> bool:
         if self.kind == "train":
@@ -198,8 +202,8 @@ def record_training(arm: str) -> None:
             curve = [[int(a), round(float(b), 5)] for a, b in zip(val["step"], val["val/loss"], strict=True)]
     info = {"arm": arm, "command": "python " + " ".join(_quote(c) for c in train_stage(arm).command()[1:]),
             "steps": STEPS, "val_loss": curve,
-            "val_loss_note": "EMA weights, fixed noise, 64 validation items; a resumed run's CSV "
-                             "holds only the steps after its resumption"}
+            "val_loss_note": "val/loss of the run's CSV log (logs/study/train/<arm>/csv/metrics.csv): "
+                             "EMA weights, fixed noise, the first 64 validation items"}
     (PRIOR_ROOT / arm / "training.json").write_text(json.dumps(info, indent=1) + "\n")
     rows = []
     for d in sorted(PRIOR_ROOT.glob("*/training.json")):
@@ -233,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
-    failed = []
+    failed, waiting = [], []
     for stage in plan():
         if args.stage and stage.kind != args.stage:
             continue
@@ -246,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         if stage.is_done():
             print(f"== {stage.name}: done", flush=True)
             continue
+        prior = stage.prior()
+        if prior is not None and not Path(prior).exists():
+            print(f"== {stage.name}: waits for its prior {prior} (train and export it first)", flush=True)
+            waiting.append(stage.name)
+            continue
         if stage.kind == "train":
             last = stage.done_when[0]
             if last.is_file():
@@ -256,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(stage.name)
         elif stage.kind == "export":
             record_training(stage.name.split("/", 1)[1])
+    if waiting:
+        print("waiting for a prior:", *waiting, sep="\n  ")
     if failed:
         print("failed:", *failed, sep="\n  ")
     return 1 if failed else 0

@@ -1,0 +1,76 @@
+"""The study's plan (experiments/study/run.py): every command composes with Hydra, the
+arms differ from each other only by their own overrides, and every evaluation reads the
+exported prior of its arm. Nothing is run: a typo in one of the ~60 commands fails here,
+not an hour into a session."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from tests.conftest import REPO
+
+CONF = str(REPO / "conf")
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("study_run", REPO / "experiments" / "study" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["study_run"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _overrides(args: list[str]) -> list[str]:
+    """The Hydra overrides of a command line: no ``-m``, no hydra.* keys, a sweep's first value."""
+    out = []
+    for a in args:
+        if a == "-m" or a.startswith("hydra."):
+            continue
+        key, _, value = a.partition("=")
+        if "," in value and not value.startswith("["):
+            value = value.split(",")[0]
+        out.append(f"{key}={value}" if "=" in a else a)
+    return out
+
+
+def test_every_command_composes(study):
+    config_of = {"train": "train", "eval": "evaluate", "information": "information"}
+    stages = study.plan()
+    kinds = {s.kind for s in stages}
+    assert kinds == {"train", "export", "eval", "information"}
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        for stage in stages:
+            if stage.kind == "export":
+                continue
+            cfg = compose(config_of[stage.kind], overrides=_overrides(stage.args))
+            if stage.kind == "eval":
+                assert cfg.split == "test" and cfg.batch_size == 16, stage.name
+            if stage.kind == "train":
+                assert cfg.trainer.max_steps == study.STEPS and cfg.seed == 0, stage.name
+
+
+def test_arms_share_one_budget_and_evaluate_their_exports(study):
+    stages = {s.name: s for s in study.plan()}
+    for arm in study.ARMS:
+        train = stages[f"train/{arm}"].args
+        assert all(c in train for c in study.COMMON_TRAIN), arm
+        export = stages[f"export/{arm}"].args
+        assert export[0] == f"logs/study/train/{arm}/checkpoints/last.ckpt"
+        assert export[1] == f"experiments/study/priors/{arm}" and "float16" in export
+    for name, stage in stages.items():
+        if stage.kind == "eval" and not name.endswith("baselines"):
+            prior = next(a for a in stage.args if a.startswith("prior="))[len("prior="):]
+            assert prior == "pretrained/phantom_contextmri" or prior.startswith("experiments/study/priors/"), name
+    # every run the report's manifest reads is one the plan writes
+    import yaml
+
+    manifest = yaml.safe_load((REPO / "experiments" / "study" / "tables.yaml").read_text())
+    planned = {str(p.parent.parent.relative_to(study.EVAL_ROOT))
+               for s in stages.values() if s.kind == "eval" for p in s.done_when}
+    wanted = {row["run"] for table in manifest["tables"] for row in table["rows"]}
+    assert wanted <= planned, sorted(wanted - planned)

@@ -44,14 +44,47 @@ class DataFileError(MetamriError, ValueError):
         self.value = value
         self.problem = problem
         self.hint = hint
-        where = self.path if self.path is not None else "<no file>"
-        what = ""
-        if field is not None:
-            what = f" {field}" + (f" = {_short(value)}" if value is not ... else "")
-        msg = f"{where}:{what}: {problem}" if what else f"{where}: {problem}"
-        if hint:
-            msg += f". {hint}"
-        super().__init__(msg)
+        super().__init__(_located(self.path, problem, field, value, hint))
+
+
+def _located(path: str | None, problem: str, field: str | None, value: Any, hint: str | None) -> str:
+    """``<file>: <field> = <value>: <problem>. <hint>``, with the parts that are known."""
+    where = path if path is not None else "<no file>"
+    what = ""
+    if field is not None:
+        what = f" {field}" + (f" = {_short(value)}" if value is not ... else "")
+    msg = f"{where}:{what}: {problem}" if what else f"{where}: {problem}"
+    if hint:
+        msg += f". {hint}"
+    return msg
+
+
+class CheckpointError(MetamriError, ValueError):
+    """A stored prior (checkpoint, exported directory) asks for more than data.
+
+    Raised before anything in the file is run or built: the file holds pickled objects
+    other than tensors and plain values, or its stored config names a callable that is
+    not one of metamri's components (:mod:`metamri.trust`).  The message reads
+    ``<file>: <key> = <value>: <problem>. <hint>``, e.g.::
+
+        last.ckpt: hyper_parameters.encoder.text._target_ = 'os.system': not a component metamri builds. ...
+    """
+
+    def __init__(
+        self,
+        path: str | PathLike[str] | None,
+        problem: str,
+        *,
+        key: str | None = None,
+        value: Any = ...,
+        hint: str | None = None,
+    ) -> None:
+        self.path = None if path is None else str(path)
+        self.key = key
+        self.value = value
+        self.problem = problem
+        self.hint = hint
+        super().__init__(_located(self.path, problem, key, value, hint))
 
 
 class MetadataError(MetamriError, ValueError):

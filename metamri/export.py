@@ -47,7 +47,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from metamri.errors import ConfigError
+from metamri.errors import ConfigError, MetamriError
 
 MODEL_INDEX: dict[str, Any] = {
     "_class_name": "MRIPipeline",
@@ -231,7 +231,7 @@ def main(argv: list[str]) -> int:
     try:
         print(export_checkpoint(args.ckpt, args.out_dir, layout=args.layout, dtype=args.dtype,
                                 overwrite=args.overwrite))
-    except ConfigError as err:
+    except MetamriError as err:  # ConfigError, CheckpointError (a file that asks for more than data)
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -14,7 +14,10 @@ Two forms are first-class:
   from its hyper-parameters as the checkpoint is.
 
 The evaluation and reconstruction CLIs call :func:`load_prior` with their
-``prior`` key.
+``prior`` key.  Every form is data, never code: a checkpoint is read with
+``torch.load(weights_only=True)``, and the stored configs of a checkpoint or a
+``metamri`` directory may name only metamri's own components (:mod:`metamri.trust`,
+``docs/security.md``); transformers never runs a directory's own code.
 """
 
 from __future__ import annotations
@@ -63,7 +66,9 @@ def load_prior(path: str | PathLike[str] | None, key: str = "prior"):
         raise ConfigError(key, str(path), "no such checkpoint file or directory")
     from metamri.training.module import MetaDiffusionModule
 
-    return MetaDiffusionModule.load_from_checkpoint(str(p), map_location="cpu").eval()
+    # Read as data: torch.load(weights_only=True) and the stored configs checked against
+    # metamri.trust before anything is built (MetaDiffusionModule.load_from_checkpoint).
+    return MetaDiffusionModule.load_from_checkpoint(str(p), map_location="cpu", weights_only=True).eval()
 
 
 def diffusers_prior_config(path: str | PathLike[str]) -> dict:
@@ -103,6 +108,8 @@ def load_metamri_prior(path: str | PathLike[str], key: str = "prior"):
     The module is rebuilt from ``module.json``'s hyper-parameters (with its UNet
     architecture, LoRA adapters and encoder), then every tensor of ``module.safetensors``
     (cast to the module's dtype) and the encoders' non-tensor state are loaded strictly.
+    The hyper-parameters are checked first (:func:`metamri.trust.check_stored_config`):
+    a ``_target_`` outside metamri's components is a ``CheckpointError``.
     """
     import json
 
@@ -111,14 +118,18 @@ def load_metamri_prior(path: str | PathLike[str], key: str = "prior"):
 
     from metamri.export import HPARAMS_FILE, STATE_FILE
     from metamri.training.module import MetaDiffusionModule
+    from metamri.trust import check_stored_config
 
     root = Path(path)
     try:
         stored = json.loads((root / HPARAMS_FILE).read_text())
         hparams, extra_state = stored["hparams"], stored.get("extra_state", {})
+        if not isinstance(hparams, dict):
+            raise TypeError(f"hparams is a {type(hparams).__name__}, not a dict")
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ConfigError(key, str(path), f"{HPARAMS_FILE} is not an export's hyper-parameters ({err})",
                           hint="re-export the checkpoint with python -m metamri.export --layout metamri") from None
+    check_stored_config(hparams, root / HPARAMS_FILE, path="hparams")
     module = MetaDiffusionModule(**hparams)
     try:
         tensors = load_file(str(root / STATE_FILE))

@@ -23,6 +23,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from metamri.trust import read_checkpoint
 from metamri.utils.hydra import instantiate_dict, register_resolvers
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,19 @@ register_resolvers()
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Fit (and optionally test) the model described by ``cfg``; return the optimised metric."""
+    """Fit (and optionally test) the model described by ``cfg``; return the optimised metric.
+
+    A resumed checkpoint (``ckpt_path``) is data: it is read with
+    ``torch.load(weights_only=True)`` before anything is built (a pickled payload is a
+    :class:`~metamri.errors.CheckpointError` at once), and Lightning is passed
+    ``weights_only=True`` explicitly when it restores it (its own default, ``None``, leaves
+    the choice to torch's default and to ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, and is
+    ``False`` for an ``http`` URL).  Its hyper-parameters are not used: the module is built
+    from ``cfg``.
+    """
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and Path(str(ckpt_path)).expanduser().is_file():
+        read_checkpoint(Path(str(ckpt_path)).expanduser(), check_config=False)
     L.seed_everything(cfg.seed, workers=True)
 
     log.info("Instantiating data <%s>", cfg.data._target_)
@@ -49,10 +62,10 @@ def train(cfg: DictConfig) -> float | None:
         lg.log_hyperparams(resolved)  # type: ignore[arg-type]
 
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if cfg.get("test", False):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
 
     metric = trainer.callback_metrics.get(cfg.get("optimized_metric", "val/loss"))
     value = None if metric is None else float(metric)

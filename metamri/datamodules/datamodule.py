@@ -42,6 +42,7 @@ from metamri.data.batch import collate_images
 from metamri.datamodules.dataset import CachedSliceDataset, CacheEntry
 from metamri.datamodules.file_pool import FilePool
 from metamri.datamodules.ratio_sampler import RatioSampler
+from metamri.datamodules.resumable import ResumableDataLoader, ResumableRandomSampler
 from metamri.datamodules.splits import SPLITS, split_patients, write_splits
 from metamri.errors import ConfigError
 from metamri.metadata.normalization import NumericRanges, Vocabulary
@@ -78,6 +79,11 @@ class SliceDataModule(L.LightningDataModule):
         split_fractions: Patient fractions per split.
         split_seed: Seed of the patient split.
         sampler_seed: Seed of the training draw order (epoch ``e`` uses ``seed + e``).
+        shuffle_seed: Without ``ood_ratio``: ``None`` shuffles each epoch from torch's global
+            generator (as ``shuffle=True``); an int seeds each epoch's shuffle by ``(seed, e)``.
+            The training loader resumes mid-epoch either way
+            (:class:`~metamri.datamodules.resumable.ResumableDataLoader`); with an int, the
+            epochs after a resumed one are also those of the uninterrupted run.
         batch_size: Training batch size (the paper's is 4).
         eval_batch_size: Batch size of validation/test loaders.
         num_workers: DataLoader workers.
@@ -104,6 +110,7 @@ class SliceDataModule(L.LightningDataModule):
         split_fractions: Mapping[str, float] | None = None,
         split_seed: int = 0,
         sampler_seed: int = 0,
+        shuffle_seed: int | None = None,
         batch_size: int = 4,
         eval_batch_size: int = 4,
         num_workers: int = 0,
@@ -126,6 +133,7 @@ class SliceDataModule(L.LightningDataModule):
         self.split_fractions = dict(split_fractions or {"train": 0.7, "val": 0.15, "test": 0.15})
         self.split_seed = split_seed
         self.sampler_seed = sampler_seed
+        self.shuffle_seed = shuffle_seed
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -213,11 +221,10 @@ class SliceDataModule(L.LightningDataModule):
         return CachedSliceDataset(self.entries[split].get(domain, []), load_maps=load_maps, pool=self.pool)
 
     # -- loaders ---------------------------------------------------------------------------
-    def _loader(self, dataset, *, shuffle: bool = False, sampler=None, batch_size: int) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset, *, sampler=None, batch_size: int, cls: type[DataLoader] = DataLoader) -> DataLoader:
+        return cls(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate_images,
@@ -229,9 +236,13 @@ class SliceDataModule(L.LightningDataModule):
         train = self.datasets["train"]
         if self.ood_ratio is not None:
             brain, heart = train["brain"], train["cardiac"]
+            dataset = ConcatDataset([brain, heart])
             sampler = RatioSampler(len(brain), len(heart), self.ood_ratio, seed=self.sampler_seed)
-            return self._loader(ConcatDataset([brain, heart]), sampler=sampler, batch_size=self.batch_size)
-        return self._loader(ConcatDataset(list(train.values())), shuffle=True, batch_size=self.batch_size)
+        else:
+            dataset = ConcatDataset(list(train.values()))
+            sampler = ResumableRandomSampler(dataset, seed=self.shuffle_seed)
+        # resumes mid-epoch from a checkpoint (Lightning saves and loads its state)
+        return self._loader(dataset, sampler=sampler, batch_size=self.batch_size, cls=ResumableDataLoader)
 
     def _eval_loader(self, split: str) -> DataLoader:
         datasets = list(self.datasets[split].values())

@@ -150,14 +150,16 @@ class TextEncoder(MetadataEncoder):
         self.model_dir = model_dir
         self.max_length = int(max_length)
         self.cache_size = int(cache_size)
-        backbone = AutoModel.from_pretrained(model_dir, local_files_only=True)
+        # trust_remote_code=False: a folder's own modelling code never runs (transformers would
+        # otherwise ask on the terminal); a stored config may name any local folder.
+        backbone = AutoModel.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
         self.model_type = str(getattr(backbone.config, "model_type", ""))
         self.hidden_dim = int(backbone.config.hidden_size)
         if self.projection == "identity" and self.hidden_dim != self.context_dim:
             raise ProjectionWidthError(f"{config_key}.projection",
                                        describe_text_model(self.path, self.model_type, self.hidden_dim),
                                        self.hidden_dim, self.context_dim)
-        self.tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True, trust_remote_code=False)
         backbone.requires_grad_(False)
         backbone.eval()
         # Not registered as a submodule: frozen, outside parameters() and the state dict.

@@ -232,6 +232,9 @@ def load_pretrained(path: str | PathLike[str]) -> PretrainedComponents:
     scheduler = load_scheduler(root)
     te_dir = root / "text_encoder" if (root / "text_encoder").is_dir() else None
     tok_dir = root / "tokenizer" if (root / "tokenizer").is_dir() else None
-    text_encoder = AutoModel.from_pretrained(te_dir, local_files_only=True) if te_dir else None
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True) if tok_dir else None
+    # a directory is data: its own modelling / tokenizer code never runs (trust_remote_code=False)
+    text_encoder = (AutoModel.from_pretrained(te_dir, local_files_only=True, trust_remote_code=False)
+                    if te_dir else None)
+    tokenizer = (AutoTokenizer.from_pretrained(tok_dir, local_files_only=True, trust_remote_code=False)
+                 if tok_dir else None)
     return PretrainedComponents(unet, scheduler, text_encoder, tokenizer, te_dir, tok_dir)

@@ -16,19 +16,23 @@ diffusers configs of the UNet and noise schedule (``arch``), as hyperparameters;
 ``arch`` (no pretrained directory needed), re-adds LoRA adapters, rebuilds the
 encoder (its fitted ranges and vocabularies live in its state dict) and loads the
 weights and the EMA.  Only a frozen text model is read again from its local path.
+The checkpoint is read as data first (``torch.load(weights_only=True)``) and its stored
+configs may name only metamri's own components (:mod:`metamri.trust`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import logging
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import numpy as np
@@ -163,6 +167,8 @@ class MetaDiffusionModule(L.LightningModule):
             EMA weights are used for validation and by :meth:`ema_weights`.
         seed: Seed of the training noise / timesteps / drop masks (mixed with the
             rank and the step at which training starts) and of the validation noise.
+            Checkpoints carry the training generator of every rank, so a run resumed with
+            the same number of processes continues its random stream exactly.
         val_timesteps: Fixed timesteps at which ``val/loss`` (and ``val/loss_<domain>`` for
             the domains named in the noise ranges) is measured.
         val_uncond: Also log ``val/loss_uncond`` (every field dropped): the gap to
@@ -275,6 +281,7 @@ class MetaDiffusionModule(L.LightningModule):
                 raise ConfigError("module.val_timesteps", t, f"must lie in [0, {self.num_train_timesteps})")
         self.val_uncond = bool(val_uncond) and bool(self.encoder.fields)
         self._gen = torch.Generator().manual_seed(self.seed)
+        self._pending_gen: list[torch.Tensor] | None = None  # generator states of a checkpoint
         self._ema: EMA | None = None
         self._pending_ema: dict[str, Any] | None = None
         self._ema_stack: contextlib.ExitStack | None = None
@@ -294,6 +301,48 @@ class MetaDiffusionModule(L.LightningModule):
             "val_uncond": bool(val_uncond),
             "arch": arch,
         })
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | PathLike[str] | IO[bytes],
+        map_location: Any = None,
+        hparams_file: str | PathLike[str] | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = True,
+        **kwargs: Any,
+    ) -> MetaDiffusionModule:
+        """Lightning's ``load_from_checkpoint``, reading the file as data only.
+
+        The checkpoint is read first with ``torch.load(weights_only=True)`` and its
+        stored configs are checked (:func:`metamri.trust.read_checkpoint`): pickled code,
+        or a ``_target_`` that is not one of metamri's components, is a
+        :class:`~metamri.errors.CheckpointError` before anything is built.  Then
+        Lightning loads it, again with ``weights_only=True``.  ``hparams_file`` (YAML) is
+        checked the same way; ``kwargs`` are the caller's own code.
+
+        Args:
+            checkpoint_path: A ``.ckpt`` of ``metamri.train`` (or an open binary file).
+            map_location, hparams_file, strict, kwargs: As Lightning's.
+            weights_only: Must stay ``True``: metamri never unpickles code from a checkpoint.
+        """
+        from metamri.trust import check_hparams_file, read_checkpoint
+
+        if weights_only is not True:
+            raise ConfigError("weights_only", weights_only, "metamri loads a checkpoint as data only",
+                              hint="leave weights_only=True; see docs/security.md")
+        if isinstance(checkpoint_path, (str, PathLike)):
+            read_checkpoint(checkpoint_path)
+        else:  # a stream is read once, checked, and handed on as a copy
+            data = checkpoint_path.read()
+            read_checkpoint(io.BytesIO(data))
+            checkpoint_path = io.BytesIO(data)
+        if hparams_file is not None:
+            check_hparams_file(hparams_file)
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location,
+                                            hparams_file=hparams_file, strict=strict,
+                                            weights_only=True, **kwargs)
 
     # ------------------------------------------------------------------ denoiser API
     def context(self, metadata: Sequence[Metadata], drop: torch.Tensor | None = None) -> torch.Tensor:
@@ -346,11 +395,24 @@ class MetaDiffusionModule(L.LightningModule):
             checkpoint["ema"] = self._ema.state_dict()
         elif self._pending_ema is not None:
             checkpoint["ema"] = self._pending_ema
+        checkpoint["train_generator"] = self._generator_states()
+
+    def _generator_states(self) -> list[torch.Tensor]:
+        """The training generator's state on every rank (index = rank). Every rank calls
+        ``on_save_checkpoint`` (``Trainer.save_checkpoint`` is collective), so under DDP the
+        states are gathered here."""
+        state = self._gen.get_state()
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1:
+            return [state]
+        gathered = self.all_gather(state.to(self.device))  # (world_size, n)
+        return [row.cpu().clone() for row in gathered]  # each its own storage, not a view
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called before the weights load: keep the EMA until the parameters exist with their shapes.
         self._ema = None
         self._pending_ema = checkpoint.get("ema")
+        self._pending_gen = checkpoint.get("train_generator")
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str) -> None:
@@ -368,7 +430,19 @@ class MetaDiffusionModule(L.LightningModule):
                         "numeric fields use the schema's default ranges")
 
     def on_train_start(self) -> None:
-        self._gen.manual_seed(_seed_from(self.seed, self.global_rank, self.global_step))
+        from metamri.training.checkpointing import repair_epoch_end_restart
+
+        # a resume from an end-of-epoch checkpoint continues with the uninterrupted run's epochs
+        repair_epoch_end_restart(self.trainer)
+        states, self._pending_gen = self._pending_gen, None
+        if states is not None and len(states) == self.trainer.world_size:
+            # resumed: the stream goes on (a contiguous copy: set_state reads the raw bytes)
+            self._gen.set_state(states[self.global_rank].detach().cpu().clone().contiguous())
+        else:
+            if states is not None:
+                log.info("the checkpoint's training generators are from %d processes, this run has %d: "
+                         "reseeding from the step", len(states), self.trainer.world_size)
+            self._gen.manual_seed(_seed_from(self.seed, self.global_rank, self.global_step))
         counts = self.parameter_counts()
         log.info("parameters: %s", counts)
         if self.logger is not None:
@@ -414,8 +488,11 @@ class MetaDiffusionModule(L.LightningModule):
                      reduce_fx="max", batch_size=n)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # global_step counts optimizer steps: update once per step, also under accumulation.
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Once per optimizer step (also under accumulation), right after it: before the
+        # callbacks' on_train_batch_end, so that a checkpoint saved there (every N steps, on a
+        # preemption) holds the EMA of the weights it holds, and a resume misses no update.
         if self.ema_decay is not None and self.global_step != self._ema_step:
             self.ema.update()  # type: ignore[union-attr]
             self._ema_step = self.global_step

@@ -478,3 +478,29 @@ def test_main_with_overrides(study, tmp_path, capsys):
     assert (tmp_path / "ok" / "tables.md").is_file()
     assert run(bad) == 2
     assert "config manifest" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_bootstrap_units_resample_patients_not_volumes(study, tmp_path):
+    """``bootstrap.units``: volumes a.h5 and b.h5 of one patient are one unit. The additive
+    row has slices of a and b only, so its paired difference has one unit and no interval
+    (with volumes as units it was exactly [1, 2]); a file no pattern matches is named."""
+    raw = dict(study["raw"])
+    raw["bootstrap"] = {**raw["bootstrap"], "units": [r"^[ab]()", r"^(c)\.h5"]}
+    path = tmp_path / "units.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    report = make_report(path, tmp_path / "report")
+    md = (tmp_path / "report" / "tables.md").read_text()
+    add = md_row(md, "Table 1: brain test, 4x", "additive")
+    assert add[6] == f"{np.mean(ADD_GAIN):+.2f} [n/a: 1 volume]"
+    zf = md_row(md, "Table 1: brain test, 4x", "zero-filled")  # two units: {a, b} and c
+    assert "n/a" not in zf[6]
+    assert "resampling units (`^[ab]()` | `^(c)\\.h5` of fname)" in md and report.ok
+
+    raw["bootstrap"]["units"] = [r"^[ab]()"]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError, match="c.h5"):
+        make_report(path, tmp_path / "report2")
+    raw["bootstrap"]["units"] = [r"^[ab]"]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError, match="needs a group"):
+        make_report(path, tmp_path / "report3")

@@ -49,7 +49,7 @@ _TOP_KEYS = {"runs_root", "split", "metrics", "bootstrap", "tables", "informatio
 _TABLE_KEYS = {"id", "title", "reference", "rows", "plot", "note"}
 _ROW_KEYS = {"id", "label", "run", "method", "x", "source"}
 _PLOT_KEYS = {"kind", "x_label", "metrics"}
-_BOOT_KEYS = {"n", "seed", "level"}
+_BOOT_KEYS = {"n", "seed", "level", "units"}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -58,11 +58,40 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclass(frozen=True)
 class BootstrapSpec:
-    """``n`` draws, generator ``seed`` (the same for every comparison), coverage ``level``."""
+    """``n`` draws, generator ``seed`` (the same for every comparison), coverage ``level``,
+    and what is resampled: ``units`` are regular expressions whose first group, searched in
+    a slice's ``fname``, names its unit (e.g. the patient: volumes of one patient share the
+    anatomy); empty: the volume (``fname``) is the unit."""
 
     n: int = 2000
     seed: int = 0
     level: float = 0.95
+    units: tuple[str, ...] = ()
+
+    def unit_of(self, fnames: Any) -> np.ndarray:
+        """The resampling unit of each ``fname``: the first matching pattern's first group.
+
+        Raises:
+            ConfigError: a file name no pattern matches (naming it and the patterns).
+        """
+        names = [str(f) for f in fnames]
+        if not self.units:
+            return np.asarray(names, dtype=object)
+        compiled = [re.compile(u) for u in self.units]
+        out = []
+        for name in names:
+            match = next((m for m in (c.search(name) for c in compiled) if m), None)
+            if match is None:
+                raise ConfigError("bootstrap.units", list(self.units), f"no pattern matches the file {name!r}",
+                                  hint="add a pattern whose first group is that file's unit (e.g. its patient)")
+            out.append(match.group(1))
+        return np.asarray(out, dtype=object)
+
+    @property
+    def unit_name(self) -> str:
+        """How tables name the resampled unit."""
+        return "units (" + " | ".join(f"`{u}`" for u in self.units) + " of fname)" if self.units else \
+            "volumes (fname)"
 
 
 @dataclass(frozen=True)
@@ -160,8 +189,18 @@ def load_manifest(path: str | Path) -> Manifest:
     if not isinstance(boot, dict):
         raise ConfigError("bootstrap", boot, f"must be a mapping {{n, seed, level}} {where}")
     _no_unknown(boot, _BOOT_KEYS, "bootstrap.", where)
+    units = boot.get("units") or []
+    units = [units] if isinstance(units, str) else units
+    if not isinstance(units, list) or not all(isinstance(u, str) for u in units):
+        raise ConfigError("bootstrap.units", units, f"must be a list of regular expressions {where}")
+    for u in units:
+        try:
+            if re.compile(u).groups < 1:
+                raise ConfigError("bootstrap.units", u, f"needs a group, the unit's name, e.g. `_(\\d+)_` {where}")
+        except re.error as exc:
+            raise ConfigError("bootstrap.units", u, f"not a regular expression ({exc}) {where}") from None
     bootstrap = BootstrapSpec(int(boot.get("n", 2000)), int(boot.get("seed", 0)),
-                              float(boot.get("level", 0.95)))
+                              float(boot.get("level", 0.95)), tuple(units))
     if bootstrap.n < 100:
         raise ConfigError("bootstrap.n", bootstrap.n, f"too few draws for a percentile interval {where}",
                           hint="use at least 1000 (2000 is the default)")
@@ -360,7 +399,7 @@ def _stats(data: pd.DataFrame, metric: str, boot: BootstrapSpec | None) -> Metri
     std = float(arr.std(ddof=1)) if arr.size > 1 else math.nan
     ci = None
     if boot is not None and arr.size:
-        ci = volume_bootstrap(arr, fnames.to_numpy(), n_boot=boot.n, seed=boot.seed, level=boot.level)
+        ci = volume_bootstrap(arr, boot.unit_of(fnames), n_boot=boot.n, seed=boot.seed, level=boot.level)
     return MetricStats(int(arr.size), int(fnames.nunique()), mean, std, ci)
 
 
@@ -375,7 +414,7 @@ def _paired(row: RowResult, ref: RowResult, metric: str, boot: BootstrapSpec
     if both.empty:
         return None, f"no slices with {metric} in both this row and the reference"
     iv = paired_volume_bootstrap(both["a"].to_numpy(), both["b"].to_numpy(),
-                                 both.index.get_level_values("fname").to_numpy(),
+                                 boot.unit_of(both.index.get_level_values("fname")),
                                  n_boot=boot.n, seed=boot.seed, level=boot.level)
     n_row, n_ref = row.stats[metric].n_slices, ref.stats[metric].n_slices
     note = None
@@ -449,10 +488,10 @@ def table_markdown(table: TableResult, png: str | None = None) -> str:
         lines += ["", (
             f"Δ: mean over slices of the paired difference row − {ref.spec.label}, slices matched "
             f"on (fname, slice, frame); [lo, hi]: {pct} percentile bootstrap interval, "
-            f"{boot.n} draws resampling volumes (fname) with replacement (all slices of a drawn "
-            f"volume kept; the statistic is the mean over the drawn slices), seed {boot.seed}.")]
+            f"{boot.n} draws resampling {boot.unit_name} with replacement (all slices of a drawn "
+            f"unit kept; the statistic is the mean over the drawn slices), seed {boot.seed}.")]
     if spec.plot is not None and spec.plot.kind == "line":
-        lines += ["", f"Plot error bars: {pct} bootstrap interval of each row's mean, volumes "
+        lines += ["", f"Plot error bars: {pct} bootstrap interval of each row's mean, {boot.unit_name} "
                      f"resampled ({boot.n} draws, seed {boot.seed})."]
     if notes:
         lines += [""] + [f"- {n}" for n in notes]

@@ -208,6 +208,8 @@ def run_bart(
             raise BartError(f"`bart {' '.join(map(str, args))}` timed out after {timeout} s") from None
         if proc.returncode != 0:
             detail = _ANSI.sub("", proc.stderr or proc.stdout).strip() or "(no output)"
+            # one line, the temporary files by their names (in0.cfl), not the private path
+            detail = " ".join(detail.replace(tmp + os.sep, "").split())
             raise BartError(
                 f"`bart {' '.join(map(str, args))}` failed with exit code {proc.returncode}: {detail}"
             )

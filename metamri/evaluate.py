@@ -28,6 +28,13 @@ default into ``<run_dir>/wandb/``, grouped with the training run of the prior, w
 config, the mean ± std per method and metric as its summary, the per-slice table and a few
 image panels. ``wandb.enabled=false`` skips it; a W&B failure is a warning, never a lost
 evaluation.
+
+Every setting is checked first (:func:`metamri.validation.validate_evaluate`), before the
+prior, the data or any output. While it runs, each process appends its finished batches to
+``<output_subdir>/<split>_progress.rank<r>.jsonl`` (:mod:`metamri.evaluation.progress`): an
+interrupted evaluation rerun with the same settings into the same run directory
+(``hydra.run.dir=<that run>``) skips the finished slices and writes the CSV the
+uninterrupted run would have; the progress files are deleted once the CSV is written.
 """
 
 from __future__ import annotations
@@ -38,9 +45,10 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from metamri.errors import ConfigError
+from metamri.utils.cli import hydra_task
 from metamri.utils.hydra import register_resolvers
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,42 @@ def load_prior_of(cfg: DictConfig):
 
     key = "prior" if cfg.get("prior") or not cfg.get("ckpt_path") else "ckpt_path"
     return load_prior(prior_path(cfg), key=key)
+
+
+#: Data keys that do not change an evaluation's rows (left out of its fingerprint).
+_VOLATILE_DATA_KEYS = ("output_dir", "num_workers", "max_open_files", "batch_size", "eval_batch_size")
+
+
+def evaluation_fingerprint(cfg: DictConfig) -> dict:
+    """The settings an evaluation's per-slice rows depend on (checked when a run resumes).
+
+    The reconstruction group, the prior file (path, size, modification time), split, domain,
+    ``max_slices``, ``items_per_volume``, ``lpips`` and the data config; not the process count,
+    ``batch_size`` or the paths of the run itself.
+    """
+    import warnings
+
+    from metamri.evaluation.builder import GROUP_KEYS, prior_path
+    from metamri.utils.io import file_fingerprint
+
+    def plain(value):
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+    out = {k: plain(cfg.get(k)) for k in (*GROUP_KEYS, "split", "domain", "max_slices", "items_per_volume",
+                                          "lpips")}
+    data = dict(plain(cfg.get("data")) or {})
+    for key in _VOLATILE_DATA_KEYS:
+        data.pop(key, None)
+    pre = dict(data.get("preprocess") or {})
+    for key in ("workers", "progress"):
+        pre.pop(key, None)
+    data["preprocess"] = pre
+    out["data"] = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        prior = prior_path(cfg) if "diffusion" in (out.get("methods") or []) else None
+    out["prior"] = file_fingerprint(prior)
+    return out
 
 
 def build_fabric(trainer_cfg: DictConfig):
@@ -70,7 +114,7 @@ def build_fabric(trainer_cfg: DictConfig):
 
 def evaluate(cfg: DictConfig) -> float | None:
     """Run the evaluation described by ``cfg``; return the diffusion method's mean PSNR (dB)."""
-    from metamri.evaluation import wandb_log
+    from metamri.evaluation import progress, wandb_log
     from metamri.evaluation.builder import build_reconstructor
     from metamri.evaluation.run import (
         evaluate_split,
@@ -80,7 +124,9 @@ def evaluate(cfg: DictConfig) -> float | None:
         write_outputs,
     )
     from metamri.metrics.lpips import LPIPSMetric
+    from metamri.validation import validate_evaluate
 
+    validate_evaluate(cfg)
     methods = list(cfg.methods)
     wandb_settings = wandb_log.WandbSettings.from_config(cfg)  # checked before any work; None: off
     module = load_prior_of(cfg) if "diffusion" in methods else None
@@ -104,19 +150,22 @@ def evaluate(cfg: DictConfig) -> float | None:
     dataset = datamodule.eval_dataset(cfg.split, cfg.domain, load_maps=True)
 
     lpips_metric = LPIPSMetric.try_create() if cfg.get("lpips", False) else None
+    out_dir = Path(cfg.paths.output_dir) / cfg.get("output_subdir", "reconstruction")
     out = evaluate_split(reconstructor, dataset, cfg.get("max_slices"), lpips_metric,
                          items_per_volume=cfg.get("items_per_volume"),
                          batch_size=cfg.get("batch_size", 1),
-                         keep_results=wandb_settings.panels if wandb_settings else 0)
+                         keep_results=wandb_settings.panels if wandb_settings else 0,
+                         progress_dir=out_dir, fingerprint=evaluation_fingerprint(cfg), stage=cfg.split)
     if len(out.table) == 0:
-        raise ConfigError("split", cfg.split, f"holds no {cfg.domain} slices to evaluate")
+        raise ConfigError("split", cfg.split, f"holds no {cfg.domain} slices to evaluate",
+                          hint="check data.split_fractions, the domain and data.sources")
 
     means = method_means(out.table, "psnr")
     primary = "diffusion" if "diffusion" in means else methods[-1]
     if fabric.global_rank == 0:
         notes = setup_lines(reconstructor, out)
-        out_dir = Path(cfg.paths.output_dir) / cfg.get("output_subdir", "reconstruction")
         csv_path, md_path = write_outputs(out.table, out_dir, cfg.split, notes)
+        progress.discard(out_dir, cfg.split)
         print(f"{cfg.split}: {out.n_slices} slices, {len(out.table)} rows -> {csv_path}")
         print(summary_markdown(out.table, notes=notes), end="")
         log.info("summary -> %s\n%s", md_path, out.table.format_summary())
@@ -127,6 +176,7 @@ def evaluate(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+@hydra_task()
 def main(cfg: DictConfig) -> float | None:
     return evaluate(cfg)
 

@@ -47,7 +47,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from metamri.errors import ConfigError, MetamriError
+from metamri.errors import ConfigError
 
 MODEL_INDEX: dict[str, Any] = {
     "_class_name": "MRIPipeline",
@@ -196,6 +196,10 @@ def export_checkpoint(ckpt: str | PathLike[str], out_dir: str | PathLike[str], *
     if layout == "contextmri" and dtype != "float32":
         raise ConfigError("dtype", dtype, "the contextmri layout is stored as float32",
                           hint="use --layout metamri for float16 storage")
+    path = Path(ckpt).expanduser()
+    if not path.is_file():
+        raise ConfigError("ckpt", str(ckpt), "is a directory, not a checkpoint file" if path.is_dir()
+                          else "no such checkpoint file", hint="pass a .ckpt of metamri.train")
     module = load_prior(ckpt, key="ckpt")
     from metamri.evaluation.wandb_log import TrainRun
 
@@ -228,13 +232,11 @@ def main(argv: list[str]) -> int:
         args = ap.parse_args(argv)
     except SystemExit as exit_:
         return 2 if exit_.code else 0
-    try:
-        print(export_checkpoint(args.ckpt, args.out_dir, layout=args.layout, dtype=args.dtype,
-                                overwrite=args.overwrite))
-    except MetamriError as err:  # ConfigError, CheckpointError (a file that asks for more than data)
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    from metamri.utils.cli import exit_status
+
+    # ConfigError, CheckpointError (a file that asks for more than data): one line, status 1
+    return exit_status(lambda: print(export_checkpoint(args.ckpt, args.out_dir, layout=args.layout,
+                                                       dtype=args.dtype, overwrite=args.overwrite)), status=1)
 
 
 if __name__ == "__main__":  # pragma: no cover - command-line entry

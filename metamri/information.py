@@ -18,8 +18,9 @@ accepted as its alias (``conf/timesteps/`` is the training noise-range group, an
 reads a plain ``timesteps=`` override as a choice of that group, which this config does
 not use: :func:`main` rewrites the argument before Hydra sees it).
 
-A bad setting stops the run with one line ``error: config <key> = <value>: ...`` on
-stderr and exit status 2.
+Every setting is checked first (:func:`metamri.validation.validate_information`); a bad one
+stops the run with one line ``metamri.information: error: config <key> = <value>: ...`` on
+stderr and exit status 2 (:mod:`metamri.utils.cli`), before the prior or the data are read.
 """
 
 from __future__ import annotations
@@ -34,24 +35,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from metamri.errors import ConfigError, MetamriError
+from metamri.errors import ConfigError
+from metamri.utils.cli import hydra_task
 from metamri.utils.hydra import register_resolvers
 
 log = logging.getLogger(__name__)
 register_resolvers()
-
-
-def _device(name: Any) -> torch.device:
-    name = str(name or "auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError("device", name, "not a torch device", hint="auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", name, "CUDA is not available on this machine", hint="device=cpu")
-    return device
 
 
 def _plain(value: Any) -> Any:
@@ -61,26 +50,14 @@ def _plain(value: Any) -> Any:
 def information(cfg: DictConfig):
     """Measure and write the information curves ``cfg`` describes; return the frame
     (:func:`~metamri.analysis.information.information_curves`)."""
-    from metamri.analysis.information import (
-        check_counts,
-        check_timesteps,
-        information_curves,
-        write_information,
-    )
-    from metamri.datamodules.splits import SPLITS
+    from metamri.analysis.information import check_timesteps, information_curves, write_information
     from metamri.priors import load_prior
+    from metamri.validation import check_device, validate_information
 
+    validate_information(cfg)  # before the prior, the data or any output
     split, domain = cfg.split, cfg.domain
-    if split not in SPLITS:
-        raise ConfigError("split", split, "unknown split", hint=f"choose one of {list(SPLITS)}")
-    if not cfg.get("prior"):
-        raise ConfigError("prior", cfg.get("prior"), "give the prior to measure",
-                          hint="prior=/path/last.ckpt (metamri.train) or a diffusers directory")
-    if not cfg.get("out"):
-        raise ConfigError("out", cfg.get("out"), "give the CSV to write", hint="out=information.csv")
     max_items, batch_size = _plain(cfg.get("max_items")), _plain(cfg.get("batch_size", 8))
-    check_counts(max_items, batch_size)
-    device = _device(cfg.get("device", "auto"))
+    device = check_device(cfg.get("device", "auto"))
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
 
@@ -125,12 +102,9 @@ def _alias(arg: str) -> str:
 
 
 @hydra.main(config_path="../conf", config_name="information", version_base="1.3")
+@hydra_task()
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        information(cfg)
-    except MetamriError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    information(cfg)
 
 
 def main() -> None:

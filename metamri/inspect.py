@@ -2,8 +2,10 @@
 
 Prints one JSON object per file per line (:meth:`metamri.data.readers.VolumeFile.describe`:
 format, shapes, patient and every metadata field, ``null`` where missing).  A file
-that cannot be read gives one line ``error: <file>: <field>: <problem>`` on
-stderr; the other files are still inspected and the exit status is 1.
+that cannot be read (or whose k-space is empty along an axis: no coils) gives one line
+``error: <file>: <field>: <problem>`` on stderr; the other files are still inspected and
+the exit status is 1. Only the header and shapes are read: k-space values (NaN, inf) are
+checked when a file is preprocessed or reconstructed.
 
 Example::
 
@@ -19,7 +21,8 @@ import sys
 from collections.abc import Sequence
 
 from metamri.data.readers import detect_format, open_volume
-from metamri.errors import MetamriError
+from metamri.errors import DataFileError, MetamriError
+from metamri.utils.cli import one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,9 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def inspect_file(path: str, sidecar: str | None = None) -> dict:
-    """``describe()`` of one file (the sidecar applies to cine files only)."""
+    """``describe()`` of one file (the sidecar applies to cine files only).
+
+    Raises:
+        DataFileError: The file cannot be read, or its k-space holds no coils, slices,
+            frames or samples (nothing metamri could reconstruct from it).
+    """
     kwargs = {"sidecar": sidecar} if sidecar and detect_format(path) == "cmrxrecon_cine" else {}
-    return open_volume(path, **kwargs).describe()
+    info = open_volume(path, **kwargs).describe()
+    _check_usable(path, info)
+    return info
+
+
+def _check_usable(path: str, info: dict) -> None:
+    """Refuse a file whose k-space is empty along some axis (e.g. 0 coils)."""
+    shape = [int(n) for n in info.get("shape") or []]
+    for what in ("coils", "slices", "frames"):
+        if what in info and int(info[what]) < 1:
+            raise DataFileError(path, f"the k-space has no {what} (shape {tuple(shape)})", field="kspace")
+    if shape and min(shape) < 1:
+        raise DataFileError(path, f"the k-space is empty (shape {tuple(shape)})", field="kspace")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,8 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             info = inspect_file(path, args.sidecar)
         except MetamriError as exc:
-            message = " ".join(str(exc).split())  # always one line
-            print(f"error: {message}", file=sys.stderr, flush=True)
+            print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
             failed += 1
             continue
         print(json.dumps(info), flush=True)

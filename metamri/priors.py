@@ -60,7 +60,9 @@ def load_prior(path: str | PathLike[str] | None, key: str = "prior"):
             return load_metamri_prior(p, key)
         if not is_diffusers_dir(p):
             raise ConfigError(key, str(path), "a directory without unet/ (diffusers) or module.safetensors "
-                                              "(metamri.export) is not a prior")
+                                              "(metamri.export) is not a prior",
+                              hint="pass a .ckpt of metamri.train, a directory written by metamri.export, "
+                                   "or a ContextMRI (diffusers) directory")
         return load_diffusers_prior(p)
     if not p.is_file():
         raise ConfigError(key, str(path), "no such checkpoint file or directory")

@@ -24,7 +24,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from metamri.trust import read_checkpoint
+from metamri.utils.cli import hydra_task
 from metamri.utils.hydra import instantiate_dict, register_resolvers
+from metamri.validation import validate_train
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -32,6 +34,10 @@ register_resolvers()
 
 def train(cfg: DictConfig) -> float | None:
     """Fit (and optionally test) the model described by ``cfg``; return the optimised metric.
+
+    Every setting is checked first (:func:`metamri.validation.validate_train`: ``ckpt_path``
+    an existing file, counts, the OOD ratio, learning rate ...), so that a bad value stops the
+    run before the data module, the model, the loggers or a W&B run exist.
 
     A resumed checkpoint (``ckpt_path``) is data: it is read with
     ``torch.load(weights_only=True)`` before anything is built (a pickled payload is a
@@ -41,8 +47,9 @@ def train(cfg: DictConfig) -> float | None:
     ``False`` for an ``http`` URL).  Its hyper-parameters are not used: the module is built
     from ``cfg``.
     """
+    validate_train(cfg)  # every setting, before any data, model, logger or W&B run exists
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and Path(str(ckpt_path)).expanduser().is_file():
+    if ckpt_path:
         read_checkpoint(Path(str(ckpt_path)).expanduser(), check_config=False)
     L.seed_everything(cfg.seed, workers=True)
 
@@ -78,6 +85,7 @@ def train(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@hydra_task()
 def main(cfg: DictConfig) -> float | None:
     return train(cfg)
 

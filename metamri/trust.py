@@ -125,6 +125,7 @@ def _check_string(value: Any, source: str | PathLike[str], where: str, what: str
 
 
 _GLOBAL = re.compile(r"GLOBAL (\S+)")
+_OPERAND = re.compile(r"Unsupported operand \d+")
 
 
 def read_checkpoint(source: str | PathLike[str] | IO[bytes], *, check_config: bool = True,
@@ -153,6 +154,11 @@ def read_checkpoint(source: str | PathLike[str] | IO[bytes], *, check_config: bo
         ckpt = torch.load(target, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         found = _GLOBAL.search(str(err))
+        if found is None and "Unsupported operand" in str(err):  # not a pickle at all: random bytes
+            opcode = _OPERAND.search(str(err))
+            raise CheckpointError(label, "not a readable torch checkpoint (not a pickle: "
+                                         f"{opcode.group(0) if opcode else 'unknown opcode'})",
+                                  hint="the file is truncated or not a .ckpt of metamri.train") from None
         raise CheckpointError(
             label, "holds pickled objects other than tensors and plain values; torch.load(weights_only=True) "
                    "refused it before anything ran",

@@ -145,3 +145,48 @@ def test_reconstruct_refuses_settings_a_measured_file_cannot_have(tmp_path):
         run(tmp_path, tmp_path / "a.h5", method="zero_filled", coil_maps="fully_sampled")
     with pytest.raises(ConfigError, match="scaling = 'reference'"):
         run(tmp_path, tmp_path / "a.h5", method="zero_filled", scaling="reference")
+
+
+def test_a_batch_goes_on_past_bad_files_mirrors_paths_and_skips_what_is_done(tmp_path, capsys):
+    """Good files in two patient folders with the same name, a bad file among them: every good
+    file gets its own output (P001/a.h5, P002/a.h5), the bad one is named in one line, the
+    summary counts them, a rerun skips the finished outputs, and ``reconstruct`` raises the
+    failure after trying every file."""
+    from metamri.errors import DataFileError
+    from metamri.reconstruct import reconstruct_all
+
+    write_file(tmp_path / "in" / "P001" / "a.h5", seed=1)
+    write_file(tmp_path / "in" / "P002" / "a.h5", seed=2)
+    (tmp_path / "in" / "P001" / "broken.h5").write_bytes(b"\x89HDF\r\n")  # truncated signature
+    args = {"inputs": str(tmp_path / "in"), "out_dir": str(tmp_path / "out"), "paths.output_dir": str(tmp_path),
+            "mask.center_fraction": "0.2", "espirit.backend": "sigpy", "method": "zero_filled"}
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("reconstruct", overrides=[f"{k}={v}" for k, v in args.items()])
+    summary = reconstruct_all(cfg)
+    err = capsys.readouterr().err.splitlines()
+    assert [p.relative_to(tmp_path / "out").as_posix() for _, p in summary.done] == ["P001/a.h5", "P002/a.h5"]
+    assert len(summary.failed) == 1 and len(err) == 1 and err[0].startswith("error: ")
+    assert str(tmp_path / "in" / "P001" / "broken.h5") in err[0] and "HDF5" in err[0]
+    text = summary.format()
+    assert text.startswith("reconstruct: 2 done, 0 skipped (up to date), 1 failed in ")
+    assert "FAILED " + str(tmp_path / "in" / "P001" / "broken.h5") in text
+    with h5py.File(tmp_path / "out" / "P001" / "a.h5") as a, h5py.File(tmp_path / "out" / "P002" / "a.h5") as b:
+        assert not np.array_equal(a["reconstruction"][()], b["reconstruction"][()])  # two files, two outputs
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["P001", "P002", "a.h5", "a.h5"]
+
+    again = reconstruct_all(cfg)  # up to date: nothing redone, the bad file tried again
+    assert (len(again.done), len(again.skipped), len(again.failed)) == (0, 2, 1)
+    with pytest.raises(DataFileError, match="broken.h5"):
+        reconstruct(cfg)
+    (tmp_path / "in" / "P001" / "broken.h5").unlink()
+    write_file(tmp_path / "in" / "P002" / "a.h5", seed=3)  # a changed source is recomputed
+    assert len(reconstruct(cfg)) == 2
+    assert reconstruct_all(cfg).skipped and not reconstruct_all(cfg).done
+
+
+def test_outputs_never_replace_the_inputs(tmp_path):
+    from metamri.errors import ConfigError
+
+    write_file(tmp_path / "a.h5")
+    with pytest.raises(ConfigError, match="would replace the file itself"):
+        run(tmp_path, tmp_path / "a.h5", method="zero_filled", out_dir=str(tmp_path))

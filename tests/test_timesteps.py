@@ -62,12 +62,12 @@ def test_errors_name_domain_and_values():
     s = TimestepRangeSampler({"brain": [0, 1]})
     with pytest.raises(ConfigError, match="'knee'"):
         s.sample(["brain", "knee"])
-    with pytest.raises(ConfigError, match=r"noise.ranges.cardiac"):
+    with pytest.raises(ConfigError, match=r"timesteps.ranges.cardiac"):
         TimestepRangeSampler({"cardiac": [0.8, 0.75]})
     with pytest.raises(ConfigError, match="0 <= lo < hi <= 1"):
         TimestepRangeSampler({"cardiac": [0.5, 1.2]})
     with pytest.raises(ConfigError, match="no integer timestep"):
         TimestepRangeSampler({"cardiac": [0.5, 0.5004]})
-    with pytest.raises(ConfigError, match="noise.ranges"):
+    with pytest.raises(ConfigError, match="timesteps.ranges"):
         TimestepRangeSampler({})
     assert TimestepRangeSampler({}, default=(0, 1)).bounds_of("anything") == (0, 1000)

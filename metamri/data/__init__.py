@@ -17,7 +17,7 @@ from metamri.data.cmrxrecon_file import (
     write_cmrxrecon_cine,
 )
 from metamri.data.fastmri_file import FastMRIBrainFile, write_fastmri_brain
-from metamri.data.ismrmrd_header import HeaderInfo, build_header, parse_header
+from metamri.data.ismrmrd_header import HeaderInfo, build_header, parse_document, parse_header
 from metamri.data.readers import VolumeFile, detect_format, open_volume
 from metamri.data.sample import KSpaceSlice
 
@@ -31,6 +31,7 @@ __all__ = [
     "detect_format",
     "find_sidecar",
     "open_volume",
+    "parse_document",
     "parse_header",
     "read_cine_sidecar",
     "write_cine_sidecar",

@@ -15,8 +15,14 @@ phase-encode axis ky last.  The image is not oversampled, so ``recon_size`` is
 (kx, ky).
 
 The 2023 files carry no sequence parameters.  They come from a sidecar table
-``cine_info.csv`` (columns :data:`SIDECAR_COLUMNS`, one row per patient and
-view), given explicitly or found by searching upward from the file's folder.
+``cine_info.csv`` (one row per patient and view), given explicitly or found by
+searching upward from the file's folder.  Its columns are the key columns
+``patient_id`` and ``view`` plus the schema's ``"cmrxrecon"``
+:class:`~metamri.metadata.sources.Column` sources (:data:`SIDECAR_COLUMNS`, made from
+:data:`metamri.metadata.schema.SCHEMA`: a field added there with a column is written,
+read and checked here with no change).  The other metadata also come from the schema:
+anatomy ``"heart"``, contrast ``"CINE"``, view from the file name.  A file whose
+table has no row for it (or no table) is reported (:mod:`metamri.metadata.missing`).
 """
 
 from __future__ import annotations
@@ -41,10 +47,13 @@ from metamri.data.readers import (
     require_dataset,
 )
 from metamri.data.sample import KSpaceSlice
-from metamri.errors import DataFileError, MetadataError
+from metamri.errors import DataFileError
+from metamri.metadata.extract import read_values
 from metamri.metadata.record import Metadata
+from metamri.metadata.rules import cine_view
+from metamri.metadata.schema import SCHEMA
+from metamri.metadata.sources import Column, FileView
 from metamri.utils.io import atomic_output
-from metamri.utils.parse import finite_number
 
 KSPACE_FULL = "kspace_full"
 SIDECAR_NAME = "cine_info.csv"
@@ -52,21 +61,15 @@ SIDECAR_NAME = "cine_info.csv"
 SIDECAR_SEARCH_LEVELS = 6
 USERBLOCK_SIZE = 512
 
-# sidecar column -> Metadata field (None: a key column)
+_FORMAT = "cmrxrecon"  # the format's key in the schema's sources
+#: The sidecar's key columns: which file a row describes.
+SIDECAR_KEYS: tuple[str, ...] = ("patient_id", "view")
+#: Sidecar column -> metadata field (``None``: a key column): the keys, then the schema's
+#: ``"cmrxrecon"`` column sources in schema order.
 SIDECAR_COLUMNS: dict[str, str | None] = {
-    "patient_id": None,
-    "view": None,
-    "sequence": "sequence",
-    "field_strength_T": "field_strength",
-    "TR_ms": "tr",
-    "TE_ms": "te",
-    "TI_ms": "ti",
-    "flip_angle_deg": "flip_angle",
-    "age": "age",
-    "sex": "sex",
-    "pathology": "pathology",
+    **dict.fromkeys(SIDECAR_KEYS),
+    **{spec.source(_FORMAT).column: spec.name for spec in SCHEMA if isinstance(spec.source(_FORMAT), Column)},
 }
-_NUMERIC_COLUMNS = ("field_strength_T", "TR_ms", "TE_ms", "TI_ms", "flip_angle_deg", "age")
 _VIEWS = ("sax", "lax")
 _SUB_KEY = re.compile(r"^kspace_sub(\d+)$")
 
@@ -229,26 +232,23 @@ def read_cine_sidecar(path: str | PathLike[str]) -> dict[tuple[str, str], dict[s
         DataFileError: Missing file or key column, a view other than sax/lax, a
             numeric cell that is not a finite number, a (patient, view) listed twice.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataFileError(path, "no such file", field="sidecar")
-    stat = path.stat()
-    table = _read_sidecar_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    return {key: dict(values) for key, values in table.items()}
+    return {key: dict(values) for key, (_, values) in _sidecar_table(path).items()}
 
 
 @functools.lru_cache(maxsize=32)
 def _read_sidecar_cached(
     path: str, mtime_ns: int, size: int
-) -> dict[tuple[str, str], dict[str, Any]]:
+) -> dict[tuple[str, str], tuple[int, dict[str, Any]]]:
+    """``{(patient_id, view): (line, {field: value})}``: every cell read and checked once
+    (:func:`~metamri.metadata.extract.read_values` over the table's column sources)."""
     del mtime_ns, size  # cache keys only: a rewritten file is read again
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
-        for key in ("patient_id", "view"):
+        for key in SIDECAR_KEYS:
             if key not in header:
                 raise DataFileError(path, f"missing column (columns: {header})", field=key)
-        table: dict[tuple[str, str], dict[str, Any]] = {}
+        table: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         for line, row in enumerate(reader, start=2):
             pid = (row.get("patient_id") or "").strip()
             view = (row.get("view") or "").strip().lower()
@@ -260,22 +260,17 @@ def _read_sidecar_cached(
                 raise DataFileError(
                     path, f"line {line}: ({pid}, {view}) listed twice", field="patient_id"
                 )
-            values: dict[str, Any] = {}
-            for column, field in SIDECAR_COLUMNS.items():
-                if field is None:
-                    continue
-                cell = (row.get(column) or "").strip()
-                if not cell:
-                    values[field] = None
-                elif column in _NUMERIC_COLUMNS:
-                    values[field] = finite_number(cell, path, column, f"line {line}: ")
-                elif column == "pathology":
-                    labels = tuple(sorted({v.strip() for v in cell.split(";") if v.strip()}))
-                    values[field] = labels or None
-                else:
-                    values[field] = cell
-            table[(pid, view)] = values
+            cells = FileView(path, row=row, table=path, line=line)
+            table[(pid, view)] = (line, read_values(_FORMAT, cells, only=Column))
     return table
+
+
+def _sidecar_table(path: str | PathLike[str]) -> dict[tuple[str, str], tuple[int, dict[str, Any]]]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(path, "no such file", field="sidecar")
+    stat = path.stat()
+    return _read_sidecar_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
 def find_sidecar(start: str | PathLike[str], levels: int = SIDECAR_SEARCH_LEVELS) -> Path | None:
@@ -310,14 +305,19 @@ class CMRxReconCineFile(VolumeFile):
         frames: ``"all"``, one frame index, or a list of frame indices.
         acceleration: Which ``kspace_subNN`` to read when the file has no
             ``kspace_full`` (default: the lowest present).
+        strict: A file lacking metadata in ``required_fields`` (no sidecar row, say) is an
+            error, not a warning (:class:`~metamri.data.readers.VolumeFile`).
+        required_fields: The fields the encoder reads; ``None``: the schema's required fields.
 
     Raises:
         DataFileError: Not HDF5 / truncated, no k-space dataset, wrong number of
-            dimensions, bad mask shape, frame index out of range, bad sidecar.
+            dimensions, bad mask shape, frame index out of range, bad sidecar; with
+            ``strict``, missing metadata.
     """
 
     format = "cmrxrecon_cine"
     domain = "cardiac"
+    schema_format = _FORMAT
     raw_axes = {"frame": 0, "slice": 1, "coil": 2}  # h5py order: (frames, slices, coils, ky, kx)
 
     def __init__(
@@ -327,8 +327,10 @@ class CMRxReconCineFile(VolumeFile):
         frames: Literal["all"] | int | Sequence[int] = "all",
         *,
         acceleration: int | None = None,
+        strict: bool = False,
+        required_fields: str | Sequence[str] | None = None,
     ) -> None:
-        super().__init__(path)
+        super().__init__(path, strict=strict, required_fields=required_fields)
         with open_hdf5(self.path) as f:
             self._key, mask_key = self._choose_dataset(f, acceleration)
             ds = require_dataset(f, self._key, self.path)
@@ -348,7 +350,6 @@ class CMRxReconCineFile(VolumeFile):
             self._raw_shape = tuple(int(n) for n in ds.shape)
             self._mask = self._read_mask(f, mask_key) if mask_key else None
         self._frames = self._select_frames(frames)
-        self._view = _view_from_name(self.path.stem)
         self._sidecar = Path(sidecar) if sidecar is not None else find_sidecar(self.path.parent)
         self._metadata = self._build_metadata()
         self._items = [(s, t) for s in range(self.num_slices) for t in self._frames]
@@ -414,15 +415,24 @@ class CMRxReconCineFile(VolumeFile):
         return out
 
     def _build_metadata(self) -> Metadata:
-        row: dict[str, Any] = {}
-        if self._sidecar is not None:
-            table = read_cine_sidecar(self._sidecar)
-            view = self._view.lower() if self._view else ""
-            row = table.get((self.patient_id, view), {})
-        try:
-            return Metadata(anatomy="heart", contrast="CINE", view=self._view, **row)
-        except MetadataError as exc:  # pragma: no cover - the sidecar values are typed
-            raise DataFileError(self._sidecar, str(exc), field="sidecar") from None
+        """The schema's ``"cmrxrecon"`` sources: the sidecar row's values (read and checked
+        with the table) and the file's own (constants, the view from the file name)."""
+        view = (cine_view(self.path.stem) or "").lower()
+        given: dict[str, Any] = {}
+        note = None
+        if self._sidecar is None:
+            note = (f"no {SIDECAR_NAME} in {self.path.parent} or the {SIDECAR_SEARCH_LEVELS - 1} "
+                    "folders above it (pass sidecar=...)")
+        else:
+            row = _sidecar_table(self._sidecar).get((self.patient_id, view))
+            if row is None:
+                note = f"{self._sidecar} has no row for patient_id {self.patient_id}, view {view or '?'}"
+            else:
+                given = row[1]
+        return self._read_metadata(
+            FileView(self.path, table=self._sidecar, name=self.path.stem, notes={"row": note} if note else {}),
+            given=given,
+        )
 
     # -- VolumeFile ------------------------------------------------------------------------------
     @property
@@ -504,12 +514,3 @@ def _to_complex64(raw: np.ndarray) -> np.ndarray:
         out.real, out.imag = raw["real"], raw["imag"]
         return out
     return raw.astype(np.complex64, copy=False)
-
-
-def _view_from_name(stem: str) -> str | None:
-    stem = stem.lower()
-    if "sax" in stem:
-        return "SAX"
-    if "lax" in stem:
-        return "LAX"
-    return None

@@ -12,15 +12,19 @@ Layout (as in the fastMRI release, and as ``fastmri.data.SliceDataset`` reads it
 * attrs ``acquisition`` (AXT1, AXT1PRE, AXT1POST, AXT2, AXFLAIR), ``max`` (max of
   the rss volume), ``norm`` (l2 norm of the rss volume), ``patient_id``.
 
-Metadata read from it: anatomy ``"brain"``; contrast = ``acquisition``; view
-``"AX"`` for axial acquisitions; sequence, TR, TE, flip angle and field strength
-from the header; TI only on inversion-recovery scans (fastMRI stores a
-placeholder TI on every other scan), the TI as stored in ``ti_stored`` (ContextMRI's
-prompts print it, placeholder included).
+Metadata read from it: whatever the schema's ``"fastmri"`` sources say
+(:data:`metamri.metadata.schema.SCHEMA`; this module names no field): anatomy
+``"brain"``; contrast = ``acquisition``; view ``"AX"`` for axial acquisitions;
+sequence, TR, TE, flip angle and field strength from the header; TI only on
+inversion-recovery scans (fastMRI stores a placeholder TI on every other scan), the
+TI as stored in ``ti_stored`` (ContextMRI's prompts print it, placeholder included).
+A file without a header, or without a field the encoder reads, is reported
+(:mod:`metamri.metadata.missing`; ``strict=True`` makes it an error).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from metamri.data.ismrmrd_header import HeaderInfo, parse_header
+from metamri.data.ismrmrd_header import HeaderInfo, header_info, parse_document
 from metamri.data.readers import (
     VolumeFile,
     attr_str,
@@ -37,9 +41,9 @@ from metamri.data.readers import (
     require_dataset,
 )
 from metamri.data.sample import KSpaceSlice
-from metamri.errors import DataFileError, MetadataError
+from metamri.errors import DataFileError
 from metamri.metadata.record import Metadata
-from metamri.metadata.rules import is_inversion_recovery
+from metamri.metadata.sources import FileView
 from metamri.utils.io import atomic_output
 
 KSPACE = "kspace"
@@ -125,18 +129,29 @@ class FastMRIBrainFile(VolumeFile):
 
     Args:
         path: The ``.h5`` file.
+        strict: A file lacking metadata in ``required_fields`` (no header, say) is an error,
+            not a warning (:class:`~metamri.data.readers.VolumeFile`).
+        required_fields: The fields the encoder reads; ``None``: the schema's required fields.
 
     Raises:
         DataFileError: Not HDF5 / truncated, no ``kspace``, wrong number of
-            dimensions, invalid header, non-numeric header value, bad mask or rss shape.
+            dimensions, invalid header, non-numeric header value, a metadata value outside
+            its field's range, bad mask or rss shape; with ``strict``, missing metadata.
     """
 
     format = "fastmri_brain"
     domain = "brain"
+    schema_format = "fastmri"
     raw_axes = {"slice": 0, "coil": 1}  # (slices, coils, readout, phase)
 
-    def __init__(self, path: str | PathLike[str]) -> None:
-        super().__init__(path)
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        *,
+        strict: bool = False,
+        required_fields: str | Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(path, strict=strict, required_fields=required_fields)
         with open_hdf5(self.path) as f:
             ds = require_dataset(f, KSPACE, self.path)
             if ds.ndim != 4:
@@ -151,25 +166,31 @@ class FastMRIBrainFile(VolumeFile):
                     self.path, f"expected complex data, got {ds.dtype}", field=KSPACE
                 )
             self._raw_shape = tuple(int(n) for n in ds.shape)
-            self._header = self._read_header(f)
+            document = self._read_header(f)
+            self._header = HeaderInfo() if document is None else header_info(document, self.path)
             self._has_target = self._check_rss(f)
             self._mask = self._read_mask(f)
-            attrs = dict(f.attrs)
-        self._acquisition = attr_str(attrs.get("acquisition"))
-        self._patient_id = attr_str(attrs.get("patient_id")) or self.path.stem
-        self._metadata = self._build_metadata()
+            attrs = {key: attr_str(value) for key, value in f.attrs.items()}
+        self._acquisition = attrs.get("acquisition")
+        self._patient_id = attrs.get("patient_id") or self.path.stem
+        self._metadata = self._read_metadata(FileView(
+            self.path, header=document, attrs=attrs, name=self.path.stem,
+            protocol=self._header.protocol_name,
+            notes={} if document is not None else {"header": f"the file has no {HEADER} dataset"},
+        ))
         self._items = [(s, None) for s in range(self._raw_shape[0])]
 
     # -- reading the volume's description ------------------------------------------------------
-    def _read_header(self, f: h5py.File) -> HeaderInfo:
+    def _read_header(self, f: h5py.File) -> Any:
+        """The parsed ISMRMRD document (:func:`parse_document`), ``None`` without a header."""
         if HEADER not in f:
-            return HeaderInfo()
+            return None
         raw = read_dataset(f[HEADER], (), self.path, HEADER)
         if isinstance(raw, np.ndarray):
             raw = raw.item() if raw.size == 1 else raw.tobytes()
         if isinstance(raw, np.bytes_):
             raw = bytes(raw)
-        return parse_header(raw, self.path)
+        return parse_document(raw, self.path)
 
     def _check_rss(self, f: h5py.File) -> bool:
         if RSS not in f:
@@ -195,25 +216,6 @@ class FastMRIBrainFile(VolumeFile):
                 field=MASK,
             )
         return mask != 0
-
-    def _build_metadata(self) -> Metadata:
-        h, acq = self._header, self._acquisition
-        ti = h.ti if is_inversion_recovery(acq, h.protocol_name, h.sequence_type) else None
-        try:
-            return Metadata(
-                anatomy="brain",
-                contrast=acq,
-                sequence=h.sequence_type,
-                tr=h.tr,
-                te=h.te,
-                ti=ti,
-                ti_stored=h.ti,
-                flip_angle=h.flip_angle,
-                field_strength=h.field_strength,
-                view="AX" if acq and acq.upper().startswith("AX") else None,
-            )
-        except MetadataError as exc:  # pragma: no cover - values are checked by parse_header
-            raise DataFileError(self.path, str(exc), field=HEADER) from None
 
     # -- VolumeFile ------------------------------------------------------------------------------
     @property

@@ -8,8 +8,13 @@ valid against the ISMRMRD schema and ``fastmri.data.SliceDataset`` can read it) 
 
 Values are the raw file values, in the header's units: TR, TE, TI and echo
 spacing in ms, flip angle in degrees, field strength in tesla.  TI is *not*
-filtered here: fastMRI stores a placeholder TI on every scan; the reader decides
-(:func:`metamri.metadata.is_inversion_recovery`) whether it means anything.
+filtered here: fastMRI stores a placeholder TI on every scan; the schema's rule
+(:func:`metamri.metadata.rules.inversion_recovery_scan`) decides whether it means anything.
+
+:class:`HeaderInfo` describes the header (recon size, vendor, encoding limits); the
+*metadata* a reader gives comes from the parsed document (:func:`parse_document`)
+through the header paths of :data:`metamri.metadata.schema.SCHEMA`, so a field
+added to the schema needs nothing here.
 """
 
 from __future__ import annotations
@@ -198,21 +203,41 @@ def parse_header(xml: str | bytes, path: str | PathLike[str] | None = None) -> H
         DataFileError: The text is not an ISMRMRD document (``field="ismrmrd_header"``),
             or a value is not a (finite) number (``field`` names its XML path).
     """
+    return header_info(parse_document(xml, path), path)
+
+
+def parse_document(xml: str | bytes, path: str | PathLike[str] | None = None) -> xsd.ismrmrdHeader:
+    """The ISMRMRD XML document as ``ismrmrd.xsd`` objects (what the metadata schema's
+    :class:`~metamri.metadata.sources.HeaderPath` sources read).
+
+    Values that do not convert to their XML type are kept as text (the readers' checks
+    name them).
+
+    Raises:
+        DataFileError: The text is not an ISMRMRD document (``field="ismrmrd_header"``).
+    """
     if isinstance(xml, bytes | bytearray):
         xml = bytes(xml)
     elif not isinstance(xml, str):
         raise DataFileError(path, f"expected an XML string, got {type(xml).__name__}", field=_FIELD)
     try:
         with warnings.catch_warnings():
-            # xsdata warns and keeps the text when a value does not convert; we check below.
+            # xsdata warns and keeps the text when a value does not convert; we check later.
             warnings.simplefilter("ignore")
-            hdr = xsd.CreateFromDocument(xml)
+            return xsd.CreateFromDocument(xml)
     except Exception as exc:  # xsdata raises ParserError, TypeError, ValueError ...
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataFileError(
             path, f"not a valid ISMRMRD XML header ({reason})", field=_FIELD
         ) from None
 
+
+def header_info(hdr: xsd.ismrmrdHeader, path: str | PathLike[str] | None = None) -> HeaderInfo:
+    """The :class:`HeaderInfo` of a parsed document (:func:`parse_document`).
+
+    Raises:
+        DataFileError: A value is not a (finite) number (``field`` names its XML path).
+    """
     checker = _Checker(path)
     seq = hdr.sequenceParameters
     system = hdr.acquisitionSystemInformation

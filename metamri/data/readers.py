@@ -8,6 +8,15 @@ Items are slices for static data and (slice, frame) pairs for cine data.
 Files are opened only inside a ``with`` block for each read, never kept open, so
 a :class:`VolumeFile` pickles cleanly into DataLoader workers.
 
+Metadata: a reader names no field.  It shows its file to the schema as a
+:class:`~metamri.metadata.sources.FileView` (the parsed header, the attributes, the
+sidecar row, the file name) and :meth:`VolumeFile._read_metadata` runs the schema's
+sources for the reader's :attr:`~VolumeFile.schema_format`
+(:func:`metamri.metadata.extract.read_values`: every value checked once, errors naming
+the file, where the value is and the value), then reports fields the encoder reads
+and the file lacks (:mod:`metamri.metadata.missing`): a warning, or with ``strict=True``
+a :class:`~metamri.errors.DataFileError`.
+
 Formats (see ``DESIGN.md``):
 
 ========================  ==========  =====================================================
@@ -21,7 +30,7 @@ Formats (see ``DESIGN.md``):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
@@ -31,8 +40,11 @@ import h5py
 import numpy as np
 
 from metamri.data.sample import KSpaceSlice
-from metamri.errors import DataFileError
+from metamri.errors import ConfigError, DataFileError
+from metamri.metadata.extract import read_values
+from metamri.metadata.missing import report_missing, required_fields
 from metamri.metadata.record import Metadata
+from metamri.metadata.sources import FileView
 
 FORMATS: tuple[str, ...] = ("fastmri_brain", "cmrxrecon_cine")
 _EXTENSIONS = {".h5": "fastmri_brain", ".hdf5": "fastmri_brain", ".mat": "cmrxrecon_cine"}
@@ -45,21 +57,41 @@ class VolumeFile(ABC):
     :meth:`_read_item`; the base class gives indexing, iteration and
     :meth:`describe`.
 
+    Args:
+        path: The file.
+        strict: A file that lacks metadata in ``required_fields`` is an error
+            (:class:`~metamri.errors.DataFileError` naming the file and the fields) instead
+            of a warning.
+        required_fields: The fields the encoder reads (a named set such as ``"paper"``, or
+            a list); ``None``: the schema's required fields
+            (:data:`~metamri.metadata.schema.REQUIRED_FIELDS`); ``()``: check nothing.
+
     Attributes:
         format: ``"fastmri_brain"`` | ``"cmrxrecon_cine"``.
         domain: ``"brain"`` | ``"cardiac"``.
+        schema_format: The format's key in the schema's sources (``"fastmri"`` ...).
     """
 
     format: ClassVar[str]
     domain: ClassVar[str]
+    schema_format: ClassVar[str]
     #: Where ``slice``, ``coil`` (and ``frame`` for cine) lie in the stored k-space array.
     raw_axes: ClassVar[dict[str, int]]
 
-    def __init__(self, path: str | PathLike[str]) -> None:
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        *,
+        strict: bool = False,
+        required_fields: str | Sequence[str] | None = None,
+    ) -> None:
         self._path = Path(path)
         self._raw_shape: tuple[int, ...] = ()
         #: (slice index, frame index or None) of every item, in item order.
         self._items: list[tuple[int, int | None]] = []
+        self._strict = bool(strict)
+        self._required = _required(required_fields)
+        self._missing: tuple[str, ...] = ()
 
     # -- what every format knows ------------------------------------------------------------
     @property
@@ -82,6 +114,11 @@ class VolumeFile(ABC):
     def raw_shape(self) -> tuple[int, ...]:
         """Shape of the k-space dataset as stored in the file (read by the subclass's constructor)."""
         return self._raw_shape
+
+    @property
+    def missing_metadata(self) -> tuple[str, ...]:
+        """The required fields this file lacks (reported once when it was opened)."""
+        return self._missing
 
     @property
     def num_slices(self) -> int:
@@ -164,6 +201,23 @@ class VolumeFile(ABC):
         }
 
     # -- helpers for subclasses -------------------------------------------------------------
+    def _read_metadata(self, view: FileView, given: dict[str, Any] | None = None) -> Metadata:
+        """The volume's metadata from ``view`` through the schema's sources for
+        :attr:`schema_format`; missing required fields are reported (warning or, strict, error).
+
+        Args:
+            view: What the file shows (header, attributes, table row, name).
+            given: Values read and checked elsewhere (a sidecar row read with its table).
+
+        Raises:
+            DataFileError: A value does not fit its field, or (strict) required fields are missing.
+        """
+        values = read_values(self.schema_format, view, given=given)
+        self._missing = report_missing(
+            self.schema_format, view, values, required=self._required, strict=self._strict
+        )
+        return Metadata(**values)
+
     def _check_finite(self, kspace: np.ndarray, field: str, where: str) -> None:
         """Raise a DataFileError when ``kspace`` holds NaN or inf (one slice: cheap)."""
         if not np.isfinite(kspace).all():
@@ -173,13 +227,22 @@ class VolumeFile(ABC):
             )
 
 
+def _required(fields: str | Sequence[str] | None) -> tuple[str, ...]:
+    try:
+        return required_fields(fields)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError("required_fields", fields, str(exc.args[0]),
+                          hint="a named set (paper, contextmri, all) or a list of schema fields") from None
+
+
 def open_volume(path: str | PathLike[str], **kwargs: Any) -> VolumeFile:
     """Open a raw k-space file as the :class:`VolumeFile` of its format.
 
     Args:
         path: A fastMRI brain ``.h5`` or CMRxRecon cine ``.mat`` (v7.3) file; other
             extensions are recognised by the datasets they hold.
-        **kwargs: Passed to the format's class (e.g. ``sidecar=``, ``frames=`` for cine).
+        **kwargs: Passed to the format's class (e.g. ``sidecar=``, ``frames=`` for cine;
+            ``strict=``, ``required_fields=`` for every format).
 
     Raises:
         DataFileError: Unreadable file, unknown format, or bad content.

@@ -45,9 +45,11 @@ from metamri.datamodules.ratio_sampler import RatioSampler
 from metamri.datamodules.resumable import ResumableDataLoader, ResumableRandomSampler
 from metamri.datamodules.splits import SPLITS, split_patients, write_splits
 from metamri.errors import ConfigError
+from metamri.metadata.missing import required_fields
 from metamri.metadata.normalization import NumericRanges, Vocabulary
 from metamri.metadata.record import Metadata
-from metamri.preprocess.cache import read_index
+from metamri.preprocess.cache import domain_dir, list_entries, read_index
+from metamri.utils import checks
 from metamri.utils.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,15 @@ class SliceDataModule(L.LightningDataModule):
         val_max_items: Cap on validation slices per domain (keeps CPU runs short).
         max_open_files: Most cache files open at once per process (DataLoader worker),
             least recently used closed first (:class:`FilePool`).
+        metadata_fields: The metadata fields the model's encoder reads (the data configs
+            pass the encoder group's ``fields``: ``${oc.select:encoder.fields,null}``);
+            :meth:`prepare_data` reports every raw file that lacks one of them (a fastMRI
+            file without an ISMRMRD header, a cine file without a sidecar row), once per
+            file, as a warning naming the file and the fields. ``None`` (no encoder in the
+            config, or one that reads no fields such as ``encoder=none``): the schema's
+            required fields (:data:`~metamri.metadata.schema.REQUIRED_FIELDS`).
+        metadata_strict: Make such a file an error (:meth:`prepare_data` fails naming it and
+            the fields) instead of a warning.
     """
 
     def __init__(
@@ -119,6 +130,8 @@ class SliceDataModule(L.LightningDataModule):
         preprocess: Mapping[str, Any] | None = None,
         val_max_items: int | None = None,
         max_open_files: int = 64,
+        metadata_fields: str | Sequence[str] | None = None,
+        metadata_strict: bool = False,
     ) -> None:
         super().__init__()
         sources = {d: s for d, s in sources.items() if s is not None}  # `brain: null` disables a domain
@@ -126,10 +139,17 @@ class SliceDataModule(L.LightningDataModule):
         if unknown or not sources:
             raise ConfigError("data.sources", sorted(sources), f"domains must be a non-empty subset of {DOMAINS}")
         self.cache_dir = Path(cache_dir).expanduser()
-        self.sources = {d: DomainSource(Path(raw).expanduser(), self.cache_dir / d) for d, raw in sources.items()}
-        if ood_ratio is not None and set(self.sources) != set(DOMAINS):
-            raise ConfigError("data.ood_ratio", list(ood_ratio), "an OOD ratio needs both brain and cardiac sources")
-        self.ood_ratio = None if ood_ratio is None else (int(ood_ratio[0]), int(ood_ratio[1]))
+        self.sources = {
+            d: DomainSource(Path(raw).expanduser(), domain_dir(self.cache_dir, d)) for d, raw in sources.items()
+        }
+        if ood_ratio is not None:
+            ood_ratio = checks.int_pair(ood_ratio, "data.ood_ratio", minimum=(0, 1),
+                                        what="[ood, in_distribution] draws per block",
+                                        hint="e.g. data.ood_ratio=[1,5] (the paper's 1:5), or null without OOD data")
+            if set(self.sources) != set(DOMAINS):
+                raise ConfigError("data.ood_ratio", list(ood_ratio), "an OOD ratio needs both brain and cardiac sources",
+                                  hint="set data.sources.cardiac, or data.ood_ratio=null")
+        self.ood_ratio = ood_ratio
         self.split_fractions = dict(split_fractions or {"train": 0.7, "val": 0.15, "test": 0.15})
         self.split_seed = split_seed
         self.sampler_seed = sampler_seed
@@ -143,6 +163,13 @@ class SliceDataModule(L.LightningDataModule):
         self.allow_crop = _allow_crop(self.preprocess_kwargs.pop("allow_crop", False))
         self.val_max_items = val_max_items
         self.pool = FilePool(max_open_files, key="data.max_open_files")
+        try:
+            self.metadata_fields = required_fields(metadata_fields)
+        except (KeyError, ValueError) as exc:
+            raise ConfigError("data.metadata_fields", metadata_fields, str(exc.args[0]),
+                              hint="a named set (paper, contextmri, all), a list of schema fields, "
+                                   "or null for the schema's required fields") from None
+        self.metadata_strict = bool(metadata_strict)
         self.splits: dict[str, dict[str, list[str]]] = {}
         self.entries: dict[str, dict[str, list[CacheEntry]]] = {}  # split -> domain -> entries
         self.datasets: dict[str, dict[str, CachedSliceDataset]] = {}
@@ -159,7 +186,8 @@ class SliceDataModule(L.LightningDataModule):
                 generate_domain(domain, src.raw_dir, **self.phantom)
             preprocess_directory(
                 src.raw_dir, self.cache_dir, **self.preprocess_kwargs, allow_crop=domain in self.allow_crop,
-                config_prefix="data.preprocess.",
+                config_prefix="data.preprocess.", metadata_fields=self.metadata_fields,
+                metadata_strict=self.metadata_strict,
             )
 
     def setup(self, stage: str | None = None) -> None:
@@ -167,7 +195,7 @@ class SliceDataModule(L.LightningDataModule):
             return
         self.entries = {s: {} for s in SPLITS}
         for domain, src in self.sources.items():
-            entries = [read_index(p) for p in sorted(src.cache_dir.glob("*.h5"))]
+            entries = [read_index(p) for p in list_entries(self.cache_dir, domain)]
             if not entries:
                 raise ConfigError(
                     "data.cache_dir", str(src.cache_dir), f"holds no {domain} cache entries",

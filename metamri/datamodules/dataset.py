@@ -1,10 +1,10 @@
 """A map-style dataset over the preprocessed cache: one item per cached slice.
 
-The cache layout is documented in, and read only through, :mod:`metamri.preprocess.cache`:
-one HDF5 per volume with ``image`` (N, 2, H, W) float32, ``scale`` (N,), ``slice_index``
-(N,), ``frame`` (N,) and attrs ``metadata`` (JSON), ``domain``, ``patient_id``, ``fname``;
-coil maps (C, H, W) complex64 come from :func:`~metamri.preprocess.cache.read_maps`
-(stored apart from the entries, computed from the raw file on first use).
+The cache's on-disk layout is known only to :mod:`metamri.preprocess.cache`; this module
+reads it through that module: an entry's index (:class:`~metamri.preprocess.cache.EntryIndex`,
+with :meth:`~metamri.preprocess.cache.EntryIndex.item_metadata`), one item's image and scale
+(:func:`~metamri.preprocess.cache.read_item`) and its coil maps
+(:func:`~metamri.preprocess.cache.read_maps`, computed from the raw file on first use).
 
 Open files: items read through a :class:`~metamri.datamodules.file_pool.FilePool`, at
 most ``max_open_files`` HDF5 handles per process (LRU), never pickled.
@@ -56,8 +56,7 @@ class CachedSliceDataset(Dataset[ImageSample]):
     def metadata(self, i: int) -> Metadata:
         """Metadata of item ``i`` without reading any pixel data."""
         e, r = self.index[i]
-        entry = self.entries[e]
-        return entry.metadata.replace(slice=float(entry.slice_index[r]))
+        return self.entries[e].item_metadata(r)
 
     def domain(self, i: int) -> str:
         return self.entries[self.index[i][0]].domain

@@ -46,6 +46,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from metamri.errors import ConfigError
+from metamri.utils import checks
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,8 @@ def build_sampler(sampler: Any, module: Any = None, guidance_scale: float | None
     if sched is not None:
         extra["alphas_cumprod"] = sched.alphas_cumprod
     if guidance_scale is not None:
-        extra["guidance_scale"] = float(guidance_scale)
+        extra["guidance_scale"] = checks.number(_plain(guidance_scale), "guidance_scale",
+                                                hint="the CFG scale: 0 unconditional, 1 conditional")
     sampler = _plain(sampler)
     if isinstance(sampler, Mapping):
         conf = {k: v for k, v in sampler.items() if k != "_partial_"}
@@ -185,10 +187,10 @@ def build_reconstructor(cfg: Any, module: Any = None, *, methods: Sequence[str] 
         methods,
         sampler=sampler,
         module=module if diffusion else None,
-        ensemble=int(_get(cfg, "ensemble", 1)),
+        ensemble=checks.integer(_plain(_get(cfg, "ensemble", 1)), "ensemble", minimum=1),
         drop_fields=list(_plain(_get(cfg, "drop_fields")) or []),
         keep_fields=None if keep is None else list(keep),
-        base_seed=int(_get(cfg, "base_seed", 0)),
+        base_seed=checks.integer(_plain(_get(cfg, "base_seed", 0)), "base_seed"),
         cs=cs_kwargs(_get(cfg, "cs")),
         use_ema=bool(_get(cfg, "use_ema", True)),
         coil_maps=str(_get(cfg, "coil_maps", "fully_sampled")),

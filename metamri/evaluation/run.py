@@ -64,6 +64,9 @@ def evaluate_split(
     keep_results: int = 0,
     items_per_volume: int | None = None,
     batch_size: int = 1,
+    progress_dir: str | PathLike[str] | None = None,
+    fingerprint: dict | None = None,
+    stage: str = "test",
 ) -> SplitEvaluation:
     """Reconstruct the chosen items of ``dataset``, sharded over the process group, and gather the rows.
 
@@ -82,6 +85,12 @@ def evaluate_split(
             within each process's shard. 1 (default): every slice alone, bitwise the same
             for any number of processes; larger batches are faster and agree with 1 up to
             floating-point rounding.
+        progress_dir: Record every finished batch there and skip the batches a previous,
+            interrupted run of the same ``fingerprint`` recorded
+            (:class:`~metamri.evaluation.progress.EvaluationProgress`); ``None``: no record.
+        fingerprint: The settings the rows depend on (with ``progress_dir``); the item
+            count is added here.
+        stage: Names the progress files (the split).
     """
     if int(batch_size) != batch_size or batch_size < 1:
         raise ConfigError("batch_size", batch_size, "must be a positive integer (slices per sampler call)")
@@ -92,14 +101,34 @@ def evaluate_split(
     kept: list[SliceResult] = []
     accel: dict[str, float] = {}
     mine = list(shard_indices(n, rank, world))
+    progress = None
+    if progress_dir is not None:
+        from metamri.evaluation.progress import EvaluationProgress
+
+        progress = EvaluationProgress(progress_dir, stage, {**(fingerprint or {}), "items": n}, rank)
+        rows, restored = progress.restored(mine)
+        local.extend(rows)  # first: merge_rows keeps the first row of a key
+        accel.update(restored)
+        if rows:
+            log.info("resuming: %d of this process's %d slices were finished before", sum(
+                progress.done([j]) for j in mine), len(mine))
     for start in range(0, len(mine), int(batch_size)):
-        batch = [dataset[chosen[j]] for j in mine[start:start + int(batch_size)]]
-        for result in reconstructor.reconstruct_batch(batch):
-            reconstructor.score(result, local, lpips_metric)
+        indices = mine[start:start + int(batch_size)]
+        if progress is not None:  # finished slices are never redone (a batch of the same size and
+            indices = [j for j in indices if not progress.done([j])]  # world is all done or none)
+            if not indices:
+                continue
+        batch = [dataset[chosen[j]] for j in indices]
+        finished = []
+        for j, result in zip(indices, reconstructor.reconstruct_batch(batch), strict=True):
+            rows = reconstructor.score(result, local, lpips_metric)
             accel[result.key.slice_id] = result.effective_acceleration
+            finished.append((j, result.key.slice_id, rows, result.effective_acceleration))
             log.debug("reconstructed %s in %s", result.key, result.timings)
             if len(kept) < keep_results:
                 kept.append(result)
+        if progress is not None:
+            progress.append(finished)
     merged: dict[str, float] = {}
     for part in gather_objects(accel):
         merged.update(part)

@@ -6,7 +6,8 @@ DoHunLee1/ContextMRI ships one row per slice (``assets/fastmri/brain/metadata_va
     brain,file_brain_AXFLAIR_200_6002462,0,FLAIR,"Nonspecific white matter lesion, Nonspecific white matter lesion",TurboSpinEcho,9000,81,2500,150
 
 Its columns map onto the schema as the ``"contextmri"`` sources in
-:mod:`metamri.metadata.schema` say:
+:mod:`metamri.metadata.schema` say (this module names no field; each row goes through
+:func:`~metamri.metadata.extract.read_values`, which checks every cell once):
 
 * ``contrast`` is ContextMRI's name (``FLAIR``) and becomes the fastMRI acquisition
   label the other readers give (``AXFLAIR``; :mod:`metamri.metadata.contrast`), so
@@ -29,17 +30,19 @@ from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
-from metamri.errors import DataFileError, MetadataError
-from metamri.metadata.contrast import acquisition_from_contextmri
+from metamri.errors import DataFileError
+from metamri.metadata.extract import read_values
 from metamri.metadata.record import Metadata
-from metamri.metadata.rules import is_inversion_recovery
-from metamri.utils.parse import finite_number
+from metamri.metadata.schema import SCHEMA
+from metamri.metadata.sources import Column, FileView
 
-#: The columns of ContextMRI's tables, in its order.
-CONTEXTMRI_COLUMNS: tuple[str, ...] = (
-    "anatomy", "filename", "slice", "contrast", "pathology", "sequence", "TR", "TE", "TI", "flip_angle",
-)
-_NUMBERS = {"TR": "tr", "TE": "te", "flip_angle": "flip_angle"}
+_FORMAT = "contextmri"  # the format's key in the schema's sources
+#: The columns a ContextMRI table must have: the key ``filename``, then the schema's
+#: ``"contextmri"`` column sources (ContextMRI's own order is anatomy, filename, slice,
+#: contrast, pathology, sequence, TR, TE, TI, flip_angle).
+CONTEXTMRI_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys(
+    ["filename", *(spec.source(_FORMAT).column for spec in SCHEMA if isinstance(spec.source(_FORMAT), Column))]
+))
 
 
 @dataclass(frozen=True)
@@ -112,41 +115,12 @@ def contextmri_row_to_metadata(row: Mapping[str, str | None], *, path: str | Pat
     ...     "TE": "113", "TI": "100", "flip_angle": "174"}).ti_stored
     100.0
     """
-    where = f"line {line}: " if line is not None else ""
-
-    def cell(column: str) -> str | None:
-        text = (row.get(column) or "").strip()
-        return text or None
-
-    def number(column: str) -> float | None:
-        text = cell(column)
-        if text is None:
-            return None
-        return finite_number(text, path, column, where)
-
-    slice_index = number("slice")
-    if slice_index is None or slice_index < 0 or not slice_index.is_integer():
+    meta = Metadata(**read_values(_FORMAT, FileView(path, row=row, table=path, line=line)))
+    if meta.slice is None or not meta.slice.is_integer():
+        where = f"line {line}: " if line is not None else ""
         raise DataFileError(path, f"{where}expected a slice index (0, 1, ...)", field="slice",
-                            value=cell("slice"))
-    name = cell("contrast")
-    acquisition = None if name is None else acquisition_from_contextmri(name)
-    sequence = cell("sequence")
-    ti_stored = number("TI")
-    pathology = cell("pathology")
-    try:
-        return Metadata(
-            anatomy=cell("anatomy"),
-            contrast=acquisition,
-            sequence=sequence,
-            slice=slice_index,
-            **{field: number(column) for column, field in _NUMBERS.items()},
-            ti=ti_stored if is_inversion_recovery(acquisition, sequence) else None,
-            ti_stored=ti_stored,
-            view="AX" if acquisition and acquisition.upper().startswith("AX") else None,
-            pathology=None if pathology is None else tuple(pathology.split(", ")),
-        )
-    except MetadataError as exc:  # pragma: no cover - every value is typed above
-        raise DataFileError(path, f"{where}{exc}") from None
+                            value=(row.get("slice") or "").strip() or None)
+    return meta
 
 
 def _stem(filename: str | PathLike[str]) -> str:

@@ -1,64 +1,39 @@
 """The typed metadata record that travels beside every image.
 
-A :class:`Metadata` has one attribute per field of :data:`~metamri.metadata.schema.SCHEMA`
-(a test keeps the two in step).  Values are validated on construction: numeric
-fields must be finite numbers in the schema's units, categorical fields strings,
-multi-label fields tuples of strings; ``None`` means missing.
+:class:`Metadata` is a frozen dataclass made from :data:`~metamri.metadata.schema.SCHEMA`:
+one attribute per field, in schema order, each defaulting to ``None`` (missing), so a
+field added to the schema is an attribute of every record with no change here.
+Values are checked on construction by :func:`~metamri.metadata.validate.check_value`
+(numeric fields: finite numbers in the schema's units, inside the field's valid range;
+categorical fields: strings; multi-label fields: tuples of strings); a value that does
+not fit raises :class:`~metamri.metadata.validate.FieldValueError`, a
+:class:`~metamri.errors.MetadataError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from metamri.errors import MetadataError
-from metamri.metadata.schema import FIELD_NAMES, STORED_COMPANIONS, FieldKind, field_spec
+from metamri.metadata.schema import (
+    FIELD_NAMES,
+    SCHEMA,
+    STORED_COMPANIONS,
+    FieldKind,
+    FieldSpec,
+    field_spec,
+)
+from metamri.metadata.validate import check_value
 
 
-@dataclasses.dataclass(frozen=True)
-class Metadata:
-    """Metadata of one slice.
-
-    Attributes:
-        anatomy: ``"brain"`` | ``"heart"`` | ...
-        contrast: fastMRI acquisition label (``"AXFLAIR"`` ...) or ``"CINE"``.
-        sequence: Scanner sequence family (``"TurboSpinEcho"``, ``"Flash"``, ``"TrueFISP"``).
-        slice: Slice index within the volume, 0-based.
-        tr: Repetition time, ms.
-        te: Echo time, ms.
-        ti: Inversion time, ms; ``None`` unless the sequence is an inversion recovery.
-        ti_stored: TI as the file stores it, ms, placeholders included (fastMRI: 100 on
-            TSE, 300 on FLASH); prompt-only (ContextMRI's prompts print it).
-        flip_angle: Flip angle, degrees.
-        field_strength: B0, tesla.
-        view: ``"AX"`` | ``"SAX"`` | ``"LAX"``.
-        pathology: Tuple of labels, one per annotation in the source's order (repeats
-            kept: ContextMRI's prompt counts them), or ``None``.
-        age: Years.
-        sex: ``"F"`` | ``"M"``.
-    """
-
-    anatomy: str | None = None
-    contrast: str | None = None
-    sequence: str | None = None
-    slice: float | None = None
-    tr: float | None = None
-    te: float | None = None
-    ti: float | None = None
-    ti_stored: float | None = None
-    flip_angle: float | None = None
-    field_strength: float | None = None
-    view: str | None = None
-    pathology: tuple[str, ...] | None = None
-    age: float | None = None
-    sex: str | None = None
+class _Record:
+    """The methods of :class:`Metadata` (its attributes come from the schema)."""
 
     def __post_init__(self) -> None:
-        for name in FIELD_NAMES:
-            value = getattr(self, name)
-            object.__setattr__(self, name, _validate(name, value))
+        for spec in SCHEMA:
+            object.__setattr__(self, spec.name, check_value(spec, getattr(self, spec.name)))
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -87,7 +62,7 @@ class Metadata:
 
     def replace(self, **changes: Any) -> Metadata:
         """Copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     def without(self, fields: Iterable[str]) -> Metadata:
         """Copy with ``fields`` set to missing (used by the drop-one-field ablation).
@@ -96,13 +71,13 @@ class Metadata:
         ``ti_stored``, so no prompt prints a TI the ablation removed.
         """
         fields = _with_companions(fields)
-        return dataclasses.replace(self, **{f: None for f in fields})
+        return dataclasses.replace(self, **{f: None for f in fields})  # type: ignore[type-var]
 
     def only(self, fields: Iterable[str]) -> Metadata:
         """Copy that keeps ``fields`` (and their stored-value companions) and sets every
         other field to missing."""
         keep = set(_with_companions(fields))
-        return dataclasses.replace(self, **{f: None for f in FIELD_NAMES if f not in keep})
+        return dataclasses.replace(self, **{f: None for f in FIELD_NAMES if f not in keep})  # type: ignore[type-var]
 
     def present(self) -> tuple[str, ...]:
         """Names of the fields that are not missing."""
@@ -118,35 +93,32 @@ def _with_companions(fields: Iterable[str]) -> list[str]:
     return out
 
 
-def _validate(name: str, value: Any) -> Any:
-    """Check ``value`` against the schema kind of ``name`` and return it canonicalised."""
-    if value is None:
-        return None
-    kind = field_spec(name).kind
-    if kind is FieldKind.NUMERIC:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_numpy_number(value):
-            raise MetadataError(f"metadata field {name!r} = {value!r}: expected a number")
-        value = float(value)
-        if not math.isfinite(value):
-            raise MetadataError(f"metadata field {name!r} = {value!r}: not a finite number")
-        return value
-    if kind is FieldKind.CATEGORICAL:
-        if not isinstance(value, str):
-            raise MetadataError(f"metadata field {name!r} = {value!r}: expected a string")
-        value = value.strip()
-        return value or None
-    # multi-label
-    if isinstance(value, str):
-        value = [v for v in value.split(";")]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise MetadataError(f"metadata field {name!r} = {value!r}: expected a list of strings")
-    labels = tuple(v.strip() for v in value if v.strip())  # order and repeats kept
-    return labels or None
+_TYPES = {FieldKind.NUMERIC: float, FieldKind.CATEGORICAL: str, FieldKind.MULTILABEL: tuple[str, ...]}
 
 
-def _is_numpy_number(value: Any) -> bool:
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(value, (np.integer, np.floating))
+def _attribute_doc(spec: FieldSpec) -> str:
+    units = f", {spec.units}" if spec.units else ""
+    return f"        {spec.name}: {spec.description.rstrip('.')}{units} ({spec.kind})."
+
+
+def _make_record() -> type:
+    doc = "\n".join([
+        "Metadata of one slice: one attribute per schema field, ``None`` where missing.",
+        "",
+        "    Made from :data:`~metamri.metadata.schema.SCHEMA` (see the module docstring).",
+        "",
+        "    Attributes:",
+        *(_attribute_doc(spec) for spec in SCHEMA),
+        "    ",
+    ])
+    return dataclasses.make_dataclass(
+        "Metadata",
+        [(spec.name, _TYPES[spec.kind] | None, dataclasses.field(default=None)) for spec in SCHEMA],
+        bases=(_Record,),
+        frozen=True,
+        namespace={"__module__": __name__, "__qualname__": "Metadata", "__doc__": doc},
+    )
+
+
+#: The record class (a frozen dataclass; ``dataclasses.fields(Metadata)`` are the schema's fields).
+Metadata = _make_record()

@@ -13,6 +13,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from metamri.utils.cli import hydra_task
+
 log = logging.getLogger(__name__)
 
 
@@ -25,6 +27,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     from metamri.phantom.generate import MANIFEST_NAME, generate_dataset
     from metamri.phantom.presets import get_preset
+    from metamri.validation import validate_phantom
+
+    validate_phantom(cfg)  # every domain's values, before any file is written
 
     def section(key: str) -> dict[str, Any]:  # resolve only what is used (not paths.output_dir)
         node = cfg.get(key)
@@ -43,6 +48,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(config_path="../../conf", config_name="phantom", version_base="1.3")
+@hydra_task()
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -153,11 +153,12 @@ def _build(cls, values: Mapping[str, Any] | None, key: str):
         value = getattr(cfg, f.name)
         if f.name == "preset":
             continue
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
         if f.name == "snr":
-            if value is not None and not value > 0:
+            if value is not None and not (is_number and value > 0):
                 raise ConfigError(f"{key}.snr", value, "must be > 0 or null (noiseless)")
         elif f.name == "phase_fraction":
-            if not 0.25 <= value <= 1.0:
+            if not (is_number and 0.25 <= value <= 1.0):
                 raise ConfigError(f"{key}.{f.name}", value, "must be in [0.25, 1]")
         elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{key}.{f.name}", value, "must be a non-negative integer")
@@ -506,16 +507,42 @@ def generate_dataset(
         The manifest (also written to ``out_dir/phantom_manifest.json``).
     """
     out_dir = Path(out_dir)
+    configs = phantom_configs(brain=brain, cardiac=cardiac, noise=noise, preset=preset)  # all checked first
+    config: dict[str, Any] = {"seed": seed}
+    records: list[dict[str, Any]] = []
+    writers = {"brain": _write_brain, "cardiac": _write_cardiac}
+    for domain, cfg in configs.items():
+        config[domain] = _config_dict(cfg)
+        for rec in writers[domain](out_dir / domain, cfg, seed):
+            records.append({**rec, "path": f"{domain}/{rec['path']}"})
+    _write_manifest(out_dir / MANIFEST_NAME, config, records)
+    return {"config": config, "files": records}
+
+
+def phantom_configs(
+    *,
+    brain: Mapping[str, Any] | None = None,
+    cardiac: Mapping[str, Any] | None = None,
+    noise: Mapping[str, Any] | None = None,
+    preset: str | None = None,
+) -> dict[str, BrainConfig | CardiacConfig]:
+    """The validated config of every domain :func:`generate_dataset` writes (arguments as there).
+
+    A domain with ``patients: 0`` is left out. Every value is checked before anything is
+    written, so a bad cardiac value never leaves a brain-only dataset behind.
+
+    Raises:
+        ConfigError: An unknown key or a bad value (named ``brain.<key>``, ``noise.<key>`` ...).
+    """
     noise = dict(noise or {})
     unknown = sorted(set(noise) - {"snr"})
     if unknown:
         raise ConfigError(f"noise.{unknown[0]}", noise[unknown[0]], "unknown key", hint="known: ['snr']")
-    config: dict[str, Any] = {"seed": seed}
-    records: list[dict[str, Any]] = []
-    for domain, values, build, write in (
-        ("brain", brain, brain_config, _write_brain),
-        ("cardiac", cardiac, cardiac_config, _write_cardiac),
-    ):
+    snr = noise.get("snr")
+    if snr is not None and (isinstance(snr, bool) or not isinstance(snr, int | float) or not snr > 0):
+        raise ConfigError("noise.snr", snr, "must be > 0 or null (noiseless)")
+    out: dict[str, BrainConfig | CardiacConfig] = {}
+    for domain, values, build in (("brain", brain, brain_config), ("cardiac", cardiac, cardiac_config)):
         values = dict(values or {})
         if preset is not None and "preset" not in values:
             values["preset"] = preset
@@ -523,9 +550,5 @@ def generate_dataset(
             continue
         if "snr" in noise and "snr" not in values:
             values["snr"] = noise["snr"]
-        cfg = build(values)
-        config[domain] = _config_dict(cfg)
-        for rec in write(out_dir / domain, cfg, seed):
-            records.append({**rec, "path": f"{domain}/{rec['path']}"})
-    _write_manifest(out_dir / MANIFEST_NAME, config, records)
-    return {"config": config, "files": records}
+        out[domain] = build(values)
+    return out

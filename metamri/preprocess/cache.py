@@ -91,10 +91,11 @@ is always complete. Maps files are written through a uniquely named ``*.tmp``
 beside them (several processes may write at once). Run one preprocessing job per
 cache at a time.
 
-Reading: this module is the one reader of the format. The data modules read the
-small per-volume index with :func:`read_index`, open entries with
-:func:`open_entry`, read one item with :func:`read_item` and maps with
-:func:`read_maps`.
+Reading: this module is the only one that knows the layout above. The data modules
+find a domain's entries with :func:`list_entries` (:func:`domain_dir`), read the small
+per-volume index with :func:`read_index`, an item's metadata with
+:meth:`EntryIndex.item_metadata`, open entries with :func:`open_entry`, read one item
+with :func:`read_item` and maps with :func:`read_maps`.
 """
 
 from __future__ import annotations
@@ -209,6 +210,11 @@ class EntryIndex:
         """(H, W) of the entry's images (and of its maps)."""
         return (int(self.image_shape[2]), int(self.image_shape[3]))
 
+    def item_metadata(self, row: int) -> Metadata:
+        """The metadata of item ``row``: the volume's, with ``slice`` from ``slice_index``
+        (the entry stores the volume's metadata once, ``slice`` null)."""
+        return self.metadata.replace(slice=float(self.slice_index[row]))
+
     def __len__(self) -> int:
         return len(self.slice_index)
 
@@ -236,9 +242,20 @@ def entry_name(source_path: str | PathLike[str], fmt: str, patient_id: str | Non
     return stem
 
 
+def domain_dir(cache_dir: str | PathLike[str], domain: str) -> Path:
+    """``<cache_dir>/<domain>/``: the folder of one domain's entries (and of its ``maps/``)."""
+    return Path(cache_dir) / domain
+
+
 def entry_path(cache_dir: str | PathLike[str], domain: str, name: str) -> Path:
     """``<cache_dir>/<domain>/<name>.h5``."""
-    return Path(cache_dir) / domain / f"{name}.h5"
+    return domain_dir(cache_dir, domain) / f"{name}.h5"
+
+
+def list_entries(cache_dir: str | PathLike[str], domain: str) -> list[Path]:
+    """The entries of one domain, sorted: ``<cache_dir>/<domain>/*.h5`` (never a maps file,
+    never a ``*.tmp`` of an interrupted write); ``[]`` when the folder does not exist."""
+    return sorted(p for p in domain_dir(cache_dir, domain).glob("*.h5") if p.is_file())
 
 
 def shared_cine_maps(fmt: str, params: dict[str, Any]) -> bool:

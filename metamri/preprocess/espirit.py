@@ -393,6 +393,8 @@ def _check_kspace(kspace: np.ndarray, calib_size: int) -> np.ndarray:
         raise ValueError(
             f"ESPIRiT needs complex k-space of shape (coils, readout, phase), got {kspace.dtype} {kspace.shape}"
         )
+    if kspace.shape[0] < 1:
+        raise ValueError(f"the k-space has no coils (shape {kspace.shape}: coils, readout, phase)")
     if min(kspace.shape[1:]) < calib_size:
         raise ValueError(
             f"k-space {kspace.shape[1:]} is smaller than the calibration block ({calib_size} x {calib_size})"

@@ -282,6 +282,32 @@ class MeasuredSlice:
         return self.mask.size / max(int(self.mask.sum()), 1)
 
 
+def check_kspace_shape(kspace: np.ndarray, path: str | PathLike[str] | None = None, where: str = "") -> None:
+    """Refuse k-space that no mask or coil-map estimate can be made for, naming the k-space.
+
+    Args:
+        kspace: complex (coils, readout, phase) as read.
+        path, where: Named in errors.
+
+    Raises:
+        DataFileError: Not 3-D, no coils, an empty readout, or fewer phase-encode lines than
+            the :data:`MIN_ACS_LINES` a calibration region needs (a width-1 file is the
+            file's fault, not the mask's).
+    """
+    shape = tuple(np.shape(kspace))
+    at = f"{where}: " if where else ""
+    if len(shape) != 3:
+        raise DataFileError(path, f"{at}expected k-space (coils, readout, phase), got shape {shape}", field="kspace")
+    coils, readout, width = shape
+    if coils < 1:
+        raise DataFileError(path, f"{at}the k-space has no coils (shape {shape}: coils, readout, phase)",
+                            field="kspace")
+    if readout < 1 or width < MIN_ACS_LINES:
+        raise DataFileError(path, f"{at}the k-space has {readout} readout sample(s) x {width} phase-encode line(s) "
+                            f"(shape {shape}); coil maps from the calibration region need at least "
+                            f"{MIN_ACS_LINES} phase-encode lines", field="kspace")
+
+
 def prepare_slice(
     kspace: np.ndarray,
     mask: np.ndarray,
@@ -302,9 +328,11 @@ def prepare_slice(
         path, where: Named in errors.
 
     Raises:
-        DataFileError: The mask does not fit the k-space, or the coil maps cannot be trusted.
+        DataFileError: The k-space has no coils or too few lines (:func:`check_kspace_shape`),
+            the mask does not fit it, or the coil maps cannot be trusted.
     """
     kspace = np.asarray(kspace, dtype=np.complex64)
+    check_kspace_shape(kspace, path, where)
     mask = np.asarray(mask).reshape(-1) != 0
     if mask.shape != (kspace.shape[-1],):
         raise DataFileError(path, f"{where + ': ' if where else ''}mask has shape {mask.shape}, "

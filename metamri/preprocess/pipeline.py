@@ -49,6 +49,7 @@ import numpy as np
 
 from metamri.data.readers import VolumeFile, detect_format, open_volume
 from metamri.errors import ConfigError, DataFileError
+from metamri.metadata.missing import required_fields
 from metamri.preprocess.cache import (
     EntryIndex,
     VolumeEntry,
@@ -394,7 +395,7 @@ def compute_entry_maps(index: EntryIndex, rows: Sequence[int]) -> dict[int, np.n
     except ValueError as err:
         raise DataFileError(index.path, f"cannot reproduce its preprocessing ({err})", field="attrs/params",
                             hint=rerun + " with overwrite=true") from None
-    volume = open_volume(raw, **params.reader_kwargs(index.format))
+    volume = open_volume(raw, **params.reader_kwargs(index.format), required_fields=())  # maps only
     estimator = params.estimator()
     shared = shared_cine_maps(index.format, index.params)
     keys = volume.item_keys
@@ -523,6 +524,8 @@ def preprocess_directory(
     progress: bool = True,
     raise_on_failure: bool = True,
     config_prefix: str = "",
+    metadata_fields: str | Sequence[str] | None = None,
+    metadata_strict: bool = False,
 ) -> PreprocessSummary:
     """Bring the cache of every raw file under ``inputs`` up to date.
 
@@ -544,6 +547,12 @@ def preprocess_directory(
             volume failed (the command line reports instead).
         config_prefix: Prefix of the keys named in configuration errors
             (``"data.preprocess."`` from the data modules).
+        metadata_fields: The metadata fields the encoder reads (``data.metadata_fields``):
+            every raw file is checked for them when it is planned (up-to-date ones too),
+            and one that lacks some is reported once (:mod:`metamri.metadata.missing`);
+            ``None``: the schema's required fields; ``()``: no check.
+        metadata_strict: A file lacking some of them fails (listed in the summary, then
+            :class:`PreprocessError`) instead of a warning.
 
     Returns:
         The run's :class:`PreprocessSummary`.
@@ -556,6 +565,11 @@ def preprocess_directory(
     start = time.perf_counter()
     if workers < 0:
         raise ConfigError("workers", workers, "must be >= 0 (0 runs inline)")
+    try:
+        metadata_fields = required_fields(metadata_fields)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError("metadata_fields", metadata_fields, str(exc.args[0]),
+                          hint="a named set (paper, contextmri, all) or a list of schema fields") from None
     params = PreprocessParams(
         espirit=EspiritParams.from_config(espirit), image_size=image_size, cardiac_frames=cardiac_frames,
         cine_maps=cine_maps, allow_crop=allow_crop,
@@ -571,7 +585,8 @@ def preprocess_directory(
     for src in sources:
         try:
             fmt = detect_format(src)
-            volume = open_volume(src, **params.reader_kwargs(fmt))
+            volume = open_volume(src, **params.reader_kwargs(fmt), required_fields=metadata_fields,
+                                 strict=metadata_strict)
             out = entry_path(cache_dir, volume.domain, entry_name(src, fmt, volume.patient_id))
         except DataFileError as err:
             summary.failed.append((str(src), _one_line(err)))
@@ -618,8 +633,8 @@ def _process_source(src: str, cache_dir: str, params: PreprocessParams) -> tuple
     Errors travel as text: exceptions with keyword-only constructors
     (``DataFileError``) do not survive pickling between processes.
     """
-    try:
-        volume = open_volume(src, **params.reader_kwargs(detect_format(src)))
+    try:  # metadata were checked (and reported) when the run was planned
+        volume = open_volume(src, **params.reader_kwargs(detect_format(src)), required_fields=())
         out = preprocess_volume(volume, cache_dir, params)
         return "ok", (str(out), len(volume))
     except Exception as err:  # noqa: BLE001 - every failure is reported per file

@@ -12,18 +12,19 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from metamri.utils.cli import exit_status, hydra_task
+
 
 def run(cfg: DictConfig) -> int:
     """Write the report ``cfg`` describes; return the exit status."""
-    from metamri.errors import MetamriError
+    return exit_status(lambda: _run(cfg))
+
+
+def _run(cfg: DictConfig) -> int:
     from metamri.report import make_report
 
-    try:
-        report = make_report(cfg.manifest, cfg.out_dir, source=cfg.source,
-                             wandb_entity=cfg.wandb.entity, wandb_project=cfg.wandb.project)
-    except MetamriError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = make_report(cfg.manifest, cfg.out_dir, source=cfg.source,
+                         wandb_entity=cfg.wandb.entity, wandb_project=cfg.wandb.project)
     print(f"{len(report.tables)} tables -> {report.files[0]}")
     for path in report.files[1:]:
         print(f"  {path}")
@@ -37,8 +38,9 @@ def run(cfg: DictConfig) -> int:
 
 
 @hydra.main(config_path="../../conf", config_name="report", version_base="1.3")
+@hydra_task()
 def main(cfg: DictConfig) -> None:
-    status = run(cfg)
+    status = _run(cfg)
     if status:
         sys.exit(status)
 

@@ -257,7 +257,7 @@ class MetaDiffusionModule(L.LightningModule):
             else _instantiate(timesteps_cfg) if is_cfg["timestep_sampler"] else timestep_sampler
         )
         if self.timestep_sampler.num_train_timesteps != self.num_train_timesteps:
-            raise ConfigError("noise.num_train_timesteps", self.timestep_sampler.num_train_timesteps,
+            raise ConfigError("timesteps.num_train_timesteps", self.timestep_sampler.num_train_timesteps,
                               f"the noise schedule has T = {self.num_train_timesteps}")
         # Per-domain validation losses as metrics: synced correctly across DDP ranks even
         # when a rank's validation batches hold no sample of some domain.

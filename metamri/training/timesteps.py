@@ -47,15 +47,15 @@ class TimestepRangeSampler:
     ) -> None:
         self.num_train_timesteps = int(num_train_timesteps)
         if self.num_train_timesteps <= 0:
-            raise ConfigError("noise.num_train_timesteps", num_train_timesteps, "must be positive")
+            raise ConfigError("timesteps.num_train_timesteps", num_train_timesteps, "must be positive")
         if not ranges and default is None:
-            raise ConfigError("noise.ranges", ranges, "give a timestep range for every domain")
+            raise ConfigError("timesteps.ranges", ranges, "give a timestep range for every domain")
         self.ranges: dict[str, tuple[float, float]] = {}
         self.bounds: dict[str, tuple[int, int]] = {}
         self.default: tuple[int, int] | None = None
         items = list(ranges.items()) + ([] if default is None else [(None, default)])
         for domain, rng in items:
-            key = "noise.default" if domain is None else f"noise.ranges.{domain}"
+            key = "timesteps.default" if domain is None else f"timesteps.ranges.{domain}"
             try:
                 lo, hi = (float(v) for v in rng)
             except (TypeError, ValueError):
@@ -80,8 +80,8 @@ class TimestepRangeSampler:
         if self.default is not None:
             return self.default
         raise ConfigError(
-            "noise.ranges", sorted(self.ranges),
-            f"no timestep range for domain {domain!r}", hint=f"add noise.ranges.{domain}",
+            "timesteps.ranges", sorted(self.ranges),
+            f"no timestep range for domain {domain!r}", hint=f"add timesteps.ranges.{domain}",
         )
 
     def sample(self, domains: Sequence[str], generator: torch.Generator | None = None) -> torch.Tensor:

@@ -49,3 +49,17 @@ def write_text_atomic(path: str | PathLike[str], text: str) -> Path:
 def write_json_atomic(path: str | PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def file_fingerprint(path: str | PathLike[str] | None) -> dict[str, Any] | None:
+    """``{"path", "size", "mtime_ns"}`` of a file (a directory: its path only; ``None``: ``None``).
+
+    What a result records of an input so that a rerun can tell whether it is still the same.
+    """
+    if path is None:
+        return None
+    p = Path(str(path)).expanduser()
+    if p.is_file():
+        st = p.stat()
+        return {"path": str(p.absolute()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": str(p.absolute())}

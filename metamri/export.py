@@ -141,6 +141,8 @@ def export_module_state(module: Any, out_dir: str | PathLike[str], *, dtype: str
     import torch
     from safetensors.torch import save_file
 
+    from metamri.training.module import _plain  # configs as plain containers, as hparams store them
+
     if dtype not in DTYPES:
         raise ConfigError("dtype", dtype, f"choose one of {list(DTYPES)}")
     tensors: dict[str, Any] = {}
@@ -154,11 +156,11 @@ def export_module_state(module: Any, out_dir: str | PathLike[str], *, dtype: str
                 tensors[key] = value.contiguous()
             else:
                 extra_state[key] = value
-    hparams = {**_jsonable(dict(module.hparams)), "ema_decay": None}  # the stored weights are the EMA
+    hparams = {**_plain(dict(module.hparams)), "ema_decay": None}  # the stored weights are the EMA
     with _atomic_dir(out_dir, overwrite) as tmp:
         save_file(tensors, str(tmp / STATE_FILE))
         try:
-            text = json.dumps({"hparams": hparams, "extra_state": _jsonable(extra_state)}, indent=1)
+            text = json.dumps({"hparams": hparams, "extra_state": _plain(extra_state)}, indent=1)
         except TypeError as err:
             raise ConfigError("module", type(module).__name__,
                               f"{source}: its hyper-parameters or encoder state are not JSON ({err})") from None
@@ -169,19 +171,6 @@ def export_module_state(module: Any, out_dir: str | PathLike[str], *, dtype: str
                 "parameters": sum(p.numel() for p in module.parameters()), **(extra or {})}
         (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
     return Path(out_dir)
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain containers of a config (OmegaConf nodes, tuples) as JSON's dicts and lists."""
-    if hasattr(value, "_get_node") or type(value).__name__ in ("DictConfig", "ListConfig"):
-        from omegaconf import OmegaConf
-
-        value = OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def export_checkpoint(ckpt: str | PathLike[str], out_dir: str | PathLike[str], *,

@@ -421,6 +421,29 @@ def test_plot_reads_a_csv_without_difference_columns(tmp_path):
     assert png.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_plotted_differences_are_percent_of_the_true_loss():
+    from metamri.analysis.information import _differences
+
+    frame = pd.DataFrame([
+        {"timestep": 10, "condition": "true", "loss_mean": 0.5, "loss_se": 0.1, "n": 4,
+         "diff_mean": 0.0, "diff_se": 0.0},
+        {"timestep": 10, "condition": "dropped", "loss_mean": 0.51, "loss_se": 0.1, "n": 4,
+         "diff_mean": 0.01, "diff_se": 0.002},
+        {"timestep": 900, "condition": "true", "loss_mean": 0.001, "loss_se": 1e-4, "n": 4,
+         "diff_mean": 0.0, "diff_se": 0.0},
+        {"timestep": 900, "condition": "dropped", "loss_mean": 0.00095, "loss_se": 1e-4, "n": 4,
+         "diff_mean": -5e-5, "diff_se": 1e-5},
+    ])
+    t, d, se = _differences(frame, "dropped")
+    np.testing.assert_allclose(t, [10, 900])
+    np.testing.assert_allclose(d, [2.0, -5.0])
+    np.testing.assert_allclose(se, [0.4, 1.0])
+    # without paired columns: from loss_mean, no standard error
+    t, d, se = _differences(frame.drop(columns=["diff_mean", "diff_se"]), "dropped")
+    np.testing.assert_allclose(d, [2.0, -5.0])
+    assert np.isnan(se).all()
+
+
 def test_cli_config_errors(cli_root):
     from metamri.information import information
     from tests.test_reconstructor import save_checkpoint

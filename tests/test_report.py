@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -491,10 +492,16 @@ def test_bootstrap_units_resample_patients_not_volumes(study, tmp_path):
     report = make_report(path, tmp_path / "report")
     md = (tmp_path / "report" / "tables.md").read_text()
     add = md_row(md, "Table 1: brain test, 4x", "additive")
-    assert add[6] == f"{np.mean(ADD_GAIN):+.2f} [n/a: 1 volume]"
+    assert add[6] == f"{np.mean(ADD_GAIN):+.2f} [n/a: a single unit]"
     zf = md_row(md, "Table 1: brain test, 4x", "zero-filled")  # two units: {a, b} and c
     assert "n/a" not in zf[6]
     assert "resampling units (`^[ab]()` | `^(c)\\.h5` of fname)" in md and report.ok
+    # the manifest's unit_label names them
+    raw["bootstrap"]["unit_label"] = "patients"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    make_report(path, tmp_path / "labelled")
+    md = (tmp_path / "labelled" / "tables.md").read_text()
+    assert "resampling patients (`^[ab]()` | `^(c)\\.h5` of fname)" in md
 
     raw["bootstrap"]["units"] = [r"^[ab]()"]
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -504,3 +511,18 @@ def test_bootstrap_units_resample_patients_not_volumes(study, tmp_path):
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     with pytest.raises(ConfigError, match="needs a group"):
         make_report(path, tmp_path / "report3")
+
+
+def test_a_metric_no_row_has_is_one_note_not_one_per_row(study, tmp_path):
+    """Table 2's two runs have no LPIPS: one line says so, instead of a note per row."""
+    add_psnr = [t + g for t, g in zip(TEXT_PSNR, ADD_GAIN, strict=False)]
+    shutil.rmtree(study["eval"] / "x4/additive_cfg0")
+    write_run(study["eval"], "x4/additive_cfg0", {"diffusion": ([p - 1 for p in add_psnr], TEXT_SSIM[:5])},
+              guidance_scale=0.0, lpips=False)
+    make_report(study["manifest"], tmp_path / "report")
+    md = (tmp_path / "report" / "tables.md").read_text()
+    section = md.split("## Table 2: CFG sweep\n", 1)[1].split("\n## ", 1)[0]
+    assert section.count("- LPIPS: no values in any row") == 1
+    assert "no slices with lpips" not in section
+    table1 = md.split("## Table 1: brain test, 4x\n", 1)[1].split("\n## ", 1)[0]
+    assert "no slices with lpips in both this row and the reference" in table1  # some rows have it

@@ -432,15 +432,19 @@ def _jsonable(obj: Any) -> Any:
 
 # ------------------------------------------------------------------ plot
 def _differences(frame: pd.DataFrame, cond: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(t, diff_mean, diff_se) of ``cond - true``; from loss_mean (se NaN) when the CSV has no
-    paired columns."""
+    """(t, diff, se) of ``cond - true`` in percent of the true loss at that timestep, ``100 *
+    diff_mean / loss_true`` (the loss spans three decades over t, so absolute differences
+    hide the low-noise end); from loss_mean (se NaN) when the CSV has no paired columns."""
     sub = frame[frame["condition"] == cond].sort_values("timestep")
     t = sub["timestep"].to_numpy(float)
-    if "diff_mean" in frame:
-        return t, sub["diff_mean"].to_numpy(float), sub["diff_se"].to_numpy(float)
     true = frame[frame["condition"] == "true"].set_index("timestep")["loss_mean"]
-    d = sub["loss_mean"].to_numpy(float) - true.reindex(sub["timestep"]).to_numpy(float)
-    return t, d, np.full_like(d, np.nan)
+    true = true.reindex(sub["timestep"]).to_numpy(float)
+    if "diff_mean" in frame:
+        d, se = sub["diff_mean"].to_numpy(float), sub["diff_se"].to_numpy(float)
+    else:
+        d = sub["loss_mean"].to_numpy(float) - true
+        se = np.full_like(d, np.nan)
+    return t, 100.0 * d / true, 100.0 * se / true
 
 
 def plot_information(entries: Sequence[Mapping[str, Any]], out_png: str | PathLike[str]) -> Path:
@@ -449,8 +453,8 @@ def plot_information(entries: Sequence[Mapping[str, Any]], out_png: str | PathLi
     Left panel: ``loss_mean`` against t, one colour per prior (entry), one line style per
     condition (true solid, dropped dashed, shuffled dotted), a ±2 se band; log y when every
     loss is positive (the band is then that of log loss, ``y exp(±2 se / y)``). Right panel:
-    ``dropped - true`` (dashed) and ``shuffled - true`` (dotted) against t with ±2 se bands
-    (paired standard errors), and a zero line.
+    ``dropped - true`` (dashed) and ``shuffled - true`` (dotted) against t, in percent of the
+    true loss at t, with ±2 se bands (paired standard errors, same scale), and a zero line.
 
     Args:
         entries: ``{"label": str, "csv": path}`` per prior; each CSV as written by
@@ -501,8 +505,8 @@ def plot_information(entries: Sequence[Mapping[str, Any]], out_png: str | PathLi
     ax_loss.set_title("loss by metadata condition (±2 se)", fontsize=9)
     ax_diff.axhline(0.0, color="black", lw=0.8)
     ax_diff.set_xlabel("timestep t")
-    ax_diff.set_ylabel("paired loss difference to true metadata")
-    ax_diff.set_title("what the metadata buys (±2 se, paired)", fontsize=9)
+    ax_diff.set_ylabel("paired loss difference to true metadata (% of true loss)")
+    ax_diff.set_title("what the metadata buys (% of the loss, ±2 se, paired)", fontsize=9)
     for ax in (ax_loss, ax_diff):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -150,12 +150,7 @@ def _information(m: Manifest, out: Path) -> tuple[list[str], Path | None]:
     if not present:
         return missing, None
     png = out / "information.png"
-    try:
-        from metamri.analysis.information import plot_information
-    except ImportError:
-        from metamri.report.plots import information_plot
+    from metamri.analysis.information import plot_information
 
-        information_plot([(e.label, e.csv) for e in present], png)
-    else:
-        plot_information([{"label": e.label, "csv": str(e.csv)} for e in present], png)
+    plot_information([{"label": e.label, "csv": str(e.csv)} for e in present], png)
     return missing, png

@@ -4,9 +4,8 @@
   ``x`` with the bootstrap interval of the mean (volumes resampled) as error bars.
 * :func:`bars_plot`: one panel per metric, each non-reference row's paired difference to
   the reference with its interval as whiskers, and a zero line.
-* :func:`information_plot`: per-timestep denoising loss (``loss_mean ± loss_se``) of each
-  prior, one colour per prior, one line style per condition (``true``, ``dropped``,
-  ``shuffled`` metadata); used when :mod:`metamri.analysis.information` is not there.
+
+The information curves are plotted by :func:`metamri.analysis.information.plot_information`.
 
 Figures are written atomically (:func:`metamri.utils.io.atomic_output`).
 """
@@ -14,7 +13,6 @@ Figures are written atomically (:func:`metamri.utils.io.atomic_output`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,31 +110,3 @@ def table_plot(table: TableResult, path: str | Path) -> Path | None:
     if table.spec.plot is None:
         return None
     return {"line": line_plot, "bars": bars_plot}[table.spec.plot.kind](table, path)
-
-
-def information_plot(entries: Sequence[tuple[str, Path]], path: str | Path) -> Path:
-    """Loss against timestep, one colour per prior (entry), one line style per condition.
-
-    Args:
-        entries: ``(label, csv path)`` pairs; each CSV has columns
-            ``timestep,condition,loss_mean,loss_se,n`` (``condition`` in true|dropped|shuffled).
-    """
-    import pandas as pd
-
-    fig, axes = _figure(1, width=6.0, height=4.0)
-    ax = axes[0]
-    colours = [f"C{i}" for i in range(10)]
-    for i, (label, csv) in enumerate(entries):
-        frame = pd.read_csv(csv).sort_values("timestep")
-        for cond, sub in frame.groupby("condition", sort=False):
-            t = sub["timestep"].to_numpy(float)
-            y = sub["loss_mean"].to_numpy(float)
-            se = sub["loss_se"].to_numpy(float) if "loss_se" in sub else np.zeros_like(y)
-            c = colours[i % len(colours)]
-            ax.plot(t, y, _STYLES.get(str(cond), "-."), color=c, label=f"{label}, {cond}")
-            ax.fill_between(t, y - se, y + se, color=c, alpha=0.15, lw=0)
-    ax.set_xlabel("timestep")
-    ax.set_ylabel("denoising loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _save(fig, path)

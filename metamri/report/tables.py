@@ -49,7 +49,7 @@ _TOP_KEYS = {"runs_root", "split", "metrics", "bootstrap", "tables", "informatio
 _TABLE_KEYS = {"id", "title", "reference", "rows", "plot", "note"}
 _ROW_KEYS = {"id", "label", "run", "method", "x", "source"}
 _PLOT_KEYS = {"kind", "x_label", "metrics"}
-_BOOT_KEYS = {"n", "seed", "level", "units"}
+_BOOT_KEYS = {"n", "seed", "level", "units", "unit_label"}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -61,12 +61,14 @@ class BootstrapSpec:
     """``n`` draws, generator ``seed`` (the same for every comparison), coverage ``level``,
     and what is resampled: ``units`` are regular expressions whose first group, searched in
     a slice's ``fname``, names its unit (e.g. the patient: volumes of one patient share the
-    anatomy); empty: the volume (``fname``) is the unit."""
+    anatomy); empty: the volume (``fname``) is the unit. ``unit_label`` (plural, e.g.
+    ``patients``) is how the tables name the units."""
 
     n: int = 2000
     seed: int = 0
     level: float = 0.95
     units: tuple[str, ...] = ()
+    unit_label: str = ""
 
     def unit_of(self, fnames: Any) -> np.ndarray:
         """The resampling unit of each ``fname``: the first matching pattern's first group.
@@ -90,8 +92,9 @@ class BootstrapSpec:
     @property
     def unit_name(self) -> str:
         """How tables name the resampled unit."""
-        return "units (" + " | ".join(f"`{u}`" for u in self.units) + " of fname)" if self.units else \
-            "volumes (fname)"
+        if not self.units:
+            return "volumes (fname)"
+        return (self.unit_label or "units") + " (" + " | ".join(f"`{u}`" for u in self.units) + " of fname)"
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,7 @@ def load_manifest(path: str | Path) -> Manifest:
         except re.error as exc:
             raise ConfigError("bootstrap.units", u, f"not a regular expression ({exc}) {where}") from None
     bootstrap = BootstrapSpec(int(boot.get("n", 2000)), int(boot.get("seed", 0)),
-                              float(boot.get("level", 0.95)), tuple(units))
+                              float(boot.get("level", 0.95)), tuple(units), str(boot.get("unit_label") or ""))
     if bootstrap.n < 100:
         raise ConfigError("bootstrap.n", bootstrap.n, f"too few draws for a percentile interval {where}",
                           hint="use at least 1000 (2000 is the default)")
@@ -449,7 +452,7 @@ def format_diff(iv: Interval | None, metric: str) -> str:
         return "n/a"
     d = DIGITS[metric]
     if not math.isfinite(iv.lo):
-        return f"{_num(iv.estimate, d, '+')} [n/a: {iv.n_volumes} volume]"
+        return f"{_num(iv.estimate, d, '+')} [n/a: a single unit]"
     return f"{_num(iv.estimate, d, '+')} [{_num(iv.lo, d)}, {_num(iv.hi, d)}]"
 
 
@@ -468,7 +471,8 @@ def table_markdown(table: TableResult, png: str | None = None) -> str:
     if spec.note:
         lines += [str(spec.note), ""]
     lines += ["| " + " | ".join(_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
-    notes: list[str] = []
+    empty = [m for m in metrics if not any(r.stats.get(m) and r.stats[m].n_slices for r in table.rows)]
+    notes: list[str] = [f"{TITLES[m]}: no values in any row (not computed by these runs)" for m in empty]
     for row in table.rows:
         if row.missing is not None:
             cells = [row.spec.label, f"missing: {row.missing}"] + [""] * (len(head) - 2)
@@ -478,7 +482,7 @@ def table_markdown(table: TableResult, png: str | None = None) -> str:
             if ref is not None:
                 cells += ["reference" if row is ref else format_diff(row.diffs.get(m), m)
                           for m in metrics]
-            notes += [f"{row.spec.label}: {n}" for n in row.diff_notes.values()]
+            notes += [f"{row.spec.label}: {n}" for m, n in row.diff_notes.items() if m not in empty]
             notes += [f"{row.spec.label}: {n}" for n in row.run_notes]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     lines.append("")
@@ -494,7 +498,7 @@ def table_markdown(table: TableResult, png: str | None = None) -> str:
         lines += ["", f"Plot error bars: {pct} bootstrap interval of each row's mean, {boot.unit_name} "
                      f"resampled ({boot.n} draws, seed {boot.seed})."]
     if notes:
-        lines += [""] + [f"- {n}" for n in notes]
+        lines += [""] + [f"- {n}" for n in dict.fromkeys(notes)]
     setups = {}
     for row in table.rows:
         if row.missing is None and row.spec.run not in setups:

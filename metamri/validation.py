@@ -135,6 +135,7 @@ def check_reconstruction(cfg: Any, *, diffusion: bool, methods: bool = True) -> 
     """
     from metamri.evaluation.builder import build_mask, build_sampler, cs_kwargs
     from metamri.evaluation.reconstructor import COIL_MAPS, METHODS, SCALINGS
+    from metamri.metadata.corruption import MetadataCorruption
     from metamri.metadata.record import Metadata
     from metamri.preprocess.espirit import EspiritParams
 
@@ -156,6 +157,7 @@ def check_reconstruction(cfg: Any, *, diffusion: bool, methods: bool = True) -> 
         unknown = [n for n in names if n not in known]
         if unknown:
             raise ConfigError(key, names, f"unknown metadata field {unknown[0]!r}", hint=f"known: {known}")
+    MetadataCorruption.from_config(_get(cfg, "corrupt"))
     cs = cs_kwargs(_get(cfg, "cs"))
     if "lamda" in cs:
         checks.number(cs["lamda"], "cs.lamda", minimum=0.0)
@@ -261,6 +263,9 @@ def validate_reconstruct(cfg: Any) -> None:
         raise ConfigError("scaling", cfg.scaling, "a measured file has no fully sampled image to take the p99 of",
                           hint="metamri.reconstruct always uses scaling=measured")
     check_reconstruction(cfg, diffusion=method == "diffusion", methods=False)
+    if _get(_get(cfg, "corrupt"), "shuffle", False) is True:
+        raise ConfigError("corrupt.shuffle", True, "swaps headers between the volumes of an evaluated split",
+                          hint="metamri.reconstruct has no split: use metamri.evaluate, or corrupt.shuffle=false")
     check_prior(cfg, needed=method == "diffusion")
     check_device(_get(cfg, "device", "cpu"))
     checks.boolean(_get(cfg, "overwrite", False), "overwrite")

@@ -175,6 +175,8 @@ EVALUATE_CONFIG = [
     (["methods=[foo]"], "methods = ['foo']"),
     (["coil_maps=x"], "coil_maps = 'x'"),
     (["drop_fields=[nope]"], "drop_fields = ['nope']"),
+    (["corrupt.missing_rate=2"], "corrupt.missing_rate = 2"),
+    (["corrupt.wrong_fields=[tr]"], "corrupt.wrong_fields = ['tr']"),
     (["wandb.mode=bogus"], "wandb.mode = 'bogus'"),
     (["espirit.backend=matlab"], "espirit.backend = 'matlab'"),
     (["prior={root}/missing.ckpt"], "prior = "),
@@ -190,6 +192,7 @@ RECONSTRUCT_CONFIG = [
     (["mask.acceleration=0"], "mask.acceleration = 0"),
     (["espirit.calib_size=abc"], "espirit.calib_size"),
     (["overwrite=maybe"], "overwrite = 'maybe'"),
+    (["corrupt.shuffle=true"], "corrupt.shuffle = True"),
 ]
 INFORMATION_CONFIG = [
     (["max_items=0"], "max_items = 0"),
@@ -510,4 +513,4 @@ def test_debug_switch_shows_the_traceback(corpus, tmp_path, monkeypatch, capsys)
 def test_the_corpus_covers_every_command():
     assert set(CONFIG_CASES) | set(FILE_COMMANDS) | set(CHECKPOINT_COMMANDS) | {"inspect"} == {
         "train", "evaluate", "reconstruct", "preprocess", "inspect", "report", "export", "information", "phantom"}
-    assert CASES == 16 * 3 + 12 + 18 + 10 + 7 + 7 + 6 + 4 + 3 + 3 * 5
+    assert CASES == 16 * 3 + 12 + 20 + 11 + 7 + 7 + 6 + 4 + 3 + 3 * 5

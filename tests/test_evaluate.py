@@ -133,3 +133,39 @@ def test_ddp_two_processes_give_the_single_process_metrics(tmp_path):
     one = MetricTable.from_csv(tmp_path / "one" / "reconstruction" / "test_metrics.csv").rows
     two = MetricTable.from_csv(tmp_path / "two" / "reconstruction" / "test_metrics.csv").rows
     assert len(one) == 12 and one == two
+
+
+def test_a_metadata_corruption_is_recorded_and_changes_the_fingerprint(tmp_path, monkeypatch):
+    """A tiny evaluate with bad headers: the summary, the W&B config and the resume
+    fingerprint carry the corruption; one that is off leaves the fingerprint as it was."""
+    import json
+
+    from metamri.evaluation import progress, wandb_log
+
+    monkeypatch.setattr(progress, "discard", lambda *a, **k: None)  # keep the progress files to read
+    corrupt = {"corrupt.missing_rate": "0.5", "corrupt.wrong_fields": "[contrast]", "corrupt.shuffle": "true",
+               "corrupt.seed": "3"}
+    common = {"methods": "[diffusion]", "wandb.enabled": "false", "max_slices": "2"}
+    run(tmp_path, out="bad", **common, **corrupt)
+    reco = tmp_path / "bad" / "reconstruction"
+    summary = (reco / "test_summary.md").read_text()
+    assert ("- metadata corruption: missing_rate=0.5, wrong_fields=[contrast], shuffle, seed=3 (drawn per "
+            "volume, applied before drop_fields / keep_fields)") in summary
+    header = json.loads((reco / "test_progress.rank0.jsonl").read_text().splitlines()[0])
+    assert header["fingerprint"]["corrupt"] == {"missing_rate": 0.5, "numeric_scale": 0.0,
+                                                "wrong_fields": ["contrast"], "shuffle": True, "seed": 3}
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("evaluate", overrides=overrides(tmp_path, out="bad", **common, **corrupt))
+    config = wandb_log.run_config(cfg)
+    assert {k: v for k, v in config.items() if k.startswith("corrupt_")} == {
+        "corrupt_missing_rate": 0.5, "corrupt_numeric_scale": 0.0, "corrupt_wrong_fields": "contrast",
+        "corrupt_shuffle": True, "corrupt_seed": 3}
+    # another corruption into the same run directory is refused, naming the setting that differs
+    with pytest.raises(ConfigError, match=r"other settings .*corrupt"):
+        run(tmp_path, out="bad", **common, **{**corrupt, "corrupt.seed": "4"})
+    # off: no `corrupt` in the fingerprint (progress written before the setting existed resumes)
+    run(tmp_path, out="good", **common)
+    header = json.loads((tmp_path / "good" / "reconstruction" / "test_progress.rank0.jsonl").read_text()
+                        .splitlines()[0])
+    assert "corrupt" not in header["fingerprint"]
+    assert "metadata corruption" not in (tmp_path / "good" / "reconstruction" / "test_summary.md").read_text()

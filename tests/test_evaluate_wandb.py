@@ -138,6 +138,8 @@ def test_run_config_is_flat_with_exact_keys(tmp_path):
         "prior": str(ckpt), "train_run": str(train), "train_wandb_id": "abc123",
         "split": "val", "domain": "brain", "methods": "zero_filled,diffusion",
         "guidance_scale": 2.0, "ensemble": 3, "drop_fields": "te,tr", "keep_fields": None,
+        "corrupt_missing_rate": 0.0, "corrupt_numeric_scale": 0.0, "corrupt_wrong_fields": "",
+        "corrupt_shuffle": False, "corrupt_seed": 0,
         "mask": "Uniform1D", "acceleration": 8, "effective_acceleration": 8.25,
         "center_fraction": 0.08, "min_center_lines": 8,
         "sampler": "DecomposedDiffusionSampler", "num_steps": 7, "eta": 0.8,

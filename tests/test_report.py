@@ -232,6 +232,18 @@ def test_report_numbers_match_hand_computation(study, tmp_path):
     assert "guidance_scale=0.0" in md and "mask=Uniform1D 4x" in md
 
 
+def test_a_corrupted_run_says_so_in_its_setup_line(study, tmp_path):
+    write_run(study["eval"], "x4/robust", {"diffusion": (TEXT_PSNR, TEXT_SSIM)},
+              corrupt={"missing_rate": 0.5, "numeric_scale": 0.0, "wrong_fields": [], "shuffle": False, "seed": 0})
+    study["raw"]["tables"][0]["rows"].append({"id": "robust", "label": "robust", "run": "x4/robust"})
+    study["manifest"].write_text(yaml.safe_dump(study["raw"], sort_keys=False))
+    make_report(study["manifest"], tmp_path / "r")
+    md = (tmp_path / "r" / "tables.md").read_text()
+    line = next(ln for ln in md.splitlines() if ln.startswith("- `x4/robust`"))
+    assert "ensemble=1, corrupt(missing_rate=0.5, seed=0), mask=Uniform1D 4x" in line
+    assert "corrupt(" not in next(ln for ln in md.splitlines() if ln.startswith("- `x4/text`"))
+
+
 def test_report_files_csv_columns_and_pngs(study, tmp_path):
     out = tmp_path / "report"
     report = make_report(study["manifest"], out)
@@ -308,6 +320,77 @@ def test_runs_root_is_relative_to_the_current_directory(study, tmp_path, monkeyp
     report = make_report(manifest, "out")
     assert report.ok, report.not_read
     assert (tmp_path / "out" / "tables.md").is_file()
+
+
+def test_two_references_give_two_paired_difference_groups(study, tmp_path):
+    """``reference: [text, base]``: a Δ column group per reference, each paired with its own
+    bootstrap interval; the CSV has one line per row x metric x reference."""
+    raw = study["raw"]
+    raw["tables"] = [{"id": "two", "title": "Two", "reference": ["text", "base"], "plot": {"kind": "bars"},
+                      "rows": [{"id": "text", "label": "text fine-tune", "run": "x4/text"},
+                               {"id": "base", "label": "base prior", "run": "x4/base"},
+                               {"id": "additive", "label": "additive", "run": "x4/additive"},
+                               {"id": "cfg0", "label": "CFG 0", "run": "x4/additive_cfg0"}]}]
+    raw.pop("information")
+    study["manifest"].write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "two"
+    report = make_report(study["manifest"], out)
+    assert report.ok, report.not_read
+    md = (out / "tables.md").read_text()
+    head = next(ln for ln in md.splitlines() if ln.startswith("| row |"))
+    assert head.split(" | ")[6:] == ["Δ PSNR (dB) vs text fine-tune", "Δ SSIM vs text fine-tune",
+                                     "Δ LPIPS vs text fine-tune", "Δ PSNR (dB) vs base prior",
+                                     "Δ SSIM vs base prior", "Δ LPIPS vs base prior |"]
+    fnames = [k[0] for k in KEYS]
+    add = np.add(TEXT_PSNR[:5], ADD_GAIN)
+
+    def cell(a, b, units):
+        d = np.subtract(a, b)
+        iv = paired_volume_bootstrap(np.asarray(a, float), np.asarray(b, float), units, n_boot=1000, seed=0)
+        assert iv.estimate == pytest.approx(d.mean())
+        return f"{d.mean():+.2f} [{iv.lo:.2f}, {iv.hi:.2f}]"
+
+    text = md_row(md, "Two", "text fine-tune")
+    assert text[6:9] == ["reference"] * 3
+    assert text[9] == cell(TEXT_PSNR, BASE_PSNR, fnames) and text[9].startswith("+1.33 [")
+    base = md_row(md, "Two", "base prior")
+    assert base[6] == cell(BASE_PSNR, TEXT_PSNR, fnames) and base[6].startswith("-1.33 [")
+    assert base[9:] == ["reference"] * 3
+    additive = md_row(md, "Two", "additive")
+    assert additive[6] == cell(add, TEXT_PSNR[:5], fnames[:5]) and additive[6].startswith("+1.60 [")
+    assert additive[9] == cell(add, BASE_PSNR[:5], fnames[:5]) and additive[9].startswith("+3.00 [")
+    cfg0 = md_row(md, "Two", "CFG 0")  # additive - 1: +0.60 vs text, +2.00 vs base
+    assert cfg0[6].startswith("+0.60 [") and cfg0[9].startswith("+2.00 [")
+    assert "one column group per reference (text fine-tune; base prior)" in md
+    assert "additive: vs base prior: psnr: Δ over the 5 slices both have (5 in this row, 6 in the reference)" in md
+
+    lines = read_csv(out / "two.csv")
+    assert len(lines) == 4 * 3 * 2  # rows x metrics x references
+    rows = {(r["row"], r["metric"], r["reference"]): r for r in lines}
+    assert float(rows[("additive", "psnr", "text")]["diff_mean"]) == pytest.approx(1.6)
+    assert float(rows[("additive", "psnr", "base")]["diff_mean"]) == pytest.approx(
+        np.mean(add - np.asarray(BASE_PSNR[:5])))
+    assert float(rows[("cfg0", "psnr", "base")]["diff_mean"]) == pytest.approx(2.0)
+    assert rows[("text", "psnr", "text")]["diff_mean"] == "" and rows[("base", "ssim", "base")]["diff_lo"] == ""
+    assert rows[("text", "psnr", "base")]["mean"] == rows[("text", "psnr", "text")]["mean"]  # repeated
+    iv = paired_volume_bootstrap(add, np.asarray(BASE_PSNR[:5]), fnames[:5], n_boot=1000, seed=0)
+    r = rows[("additive", "psnr", "base")]
+    assert (float(r["diff_lo"]), float(r["diff_hi"])) == pytest.approx((iv.lo, iv.hi))
+    assert (out / "two.png").read_bytes()[:8] == PNG_MAGIC  # bars against the first reference
+
+
+@pytest.mark.parametrize("reference, says", [
+    (["text", "nope"], "'nope' is not a row id"),
+    ([], "must be a row id or a non-empty list"),
+    (["text", "text"], "names a row twice"),
+])
+def test_bad_reference_lists_name_the_key(study, reference, says):
+    raw = study["raw"]
+    raw["tables"][0]["reference"] = reference
+    study["manifest"].write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError, match=says) as info:
+        load_manifest(study["manifest"])
+    assert info.value.key == "tables[0].reference"
 
 
 @pytest.mark.parametrize("edit, key", [

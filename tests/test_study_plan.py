@@ -74,3 +74,25 @@ def test_arms_share_one_budget_and_evaluate_their_exports(study):
                for s in stages.values() if s.kind == "eval" for p in s.done_when}
     wanted = {row["run"] for table in manifest["tables"] for row in table["rows"]}
     assert wanted <= planned, sorted(wanted - planned)
+
+
+def test_robustness_stages_come_last_with_the_ood_additive_settings(study):
+    stages = [s for s in study.plan() if s.kind == "eval"]
+    names = [s.name for s in stages]
+    robust = [f"eval/x4/robust_{n}" for n in ("missing50", "scale10", "scale30", "wrong_contrast",
+                                               "wrong_sequence", "shuffle")]
+    assert names[-len(robust):] == robust  # after every existing stage
+    reference = next(s for s in stages if s.name == "eval/x4/ood_additive")
+    corrupt = {"missing50": ("missing_rate", 0.5), "scale10": ("numeric_scale", 0.1),
+               "scale30": ("numeric_scale", 0.3), "wrong_contrast": ("wrong_fields", ["contrast"]),
+               "wrong_sequence": ("wrong_fields", ["sequence"]), "shuffle": ("shuffle", True)}
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        ref = compose("evaluate", overrides=_overrides(reference.args))
+        for stage in stages[-len(robust):]:
+            cfg = compose("evaluate", overrides=_overrides(stage.args))
+            key, value = corrupt[stage.name.rsplit("robust_", 1)[1]]
+            assert cfg.corrupt[key] == value, stage.name
+            cfg.corrupt = ref.corrupt  # otherwise exactly x4/ood_additive's evaluation
+            for k in cfg:
+                if k not in ("wandb", "paths", "hydra"):
+                    assert cfg[k] == ref[k], (stage.name, k)

@@ -15,7 +15,8 @@ weights, 4.7 MB) to ``experiments/study/priors/<arm>``, committed, and every eva
 and information run reads that directory, so a later session (or a user) evaluates
 without retraining.  Evaluations go under ``experiments/study/eval/<x4|x8|cardiac>/<name>``
 (config + per-slice CSV, committed).
-``python -m metamri.report`` turns them into the tables.  The per-timestep information
+``python -m metamri.report`` turns them into the tables (and the robustness table: the
+OOD + additive prior at 4x with corrupted metadata, ``x4/robust_*``, run last).  The per-timestep information
 curves (``metamri.information``) go to ``experiments/study/information/<arm>.csv``.
 
 Fixed before any result was seen, the same for every arm: 1000 steps, batch 8, AdamW
@@ -73,6 +74,16 @@ CARDIAC_EVAL = ["data=study_mixed", "domain=cardiac", "items_per_volume=4"]
 #: which would leave no line to draw at random (8x = 8 lines).
 ACCEL = {"x4": ["mask.acceleration=4"], "x8": ["mask.acceleration=8", "mask.min_center_lines=0"]}
 FIELDS = ("anatomy", "contrast", "sequence", "slice", "tr", "te", "ti", "flip_angle")
+#: Robustness to bad headers (the ``robustness`` table): name -> the metadata corruption
+#: (conf/reconstruction/default.yaml ``corrupt``; drawn per volume, seed 0).
+ROBUSTNESS: dict[str, list[str]] = {
+    "missing50": ["corrupt.missing_rate=0.5"],
+    "scale10": ["corrupt.numeric_scale=0.1"],
+    "scale30": ["corrupt.numeric_scale=0.3"],
+    "wrong_contrast": ["corrupt.wrong_fields=[contrast]"],
+    "wrong_sequence": ["corrupt.wrong_fields=[sequence]"],
+    "shuffle": ["corrupt.shuffle=true"],
+}
 
 
 def prior_of(arm: str) -> str:
@@ -183,6 +194,10 @@ def plan() -> list[Stage]:
     stages.append(eval_stage("cardiac/baselines", "base", [*card, "methods=[zero_filled,cs]"], CARDIAC_EVAL))
     for arm in ("ood_additive", "text_mixed", "base"):
         stages.append(eval_stage(f"cardiac/{arm}", arm, [*card, *diffusion_only], CARDIAC_EVAL))
+    # Robustness: OOD + additive at 4x (as x4/ood_additive) with corrupted metadata; last, so the
+    # paper's tables come first
+    for name, corrupt in ROBUSTNESS.items():
+        stages.append(eval_stage(f"x4/robust_{name}", "ood_additive", [*x4, *corrupt]))
     return stages
 
 

@@ -15,6 +15,9 @@ on it. The group's keys:
 ``guidance_scale`` the CFG scale ``s`` (the one knob: the sampler configs carry none)
 ``ensemble``    K samples per slice (complex mean)
 ``drop_fields`` / ``keep_fields``  metadata ablations
+``corrupt``     a seeded, per-volume metadata corruption applied before the ablations
+                (:class:`~metamri.metadata.corruption.MetadataCorruption`: ``missing_rate``,
+                ``numeric_scale``, ``wrong_fields``, ``shuffle``, ``seed``; all off by default)
 ``base_seed``   mixed into every slice's ensemble seeds
 ``use_ema``     sample with the EMA weights
 ``cs``          keyword arguments of :func:`metamri.recon.baselines.compressed_sensing`
@@ -50,7 +53,10 @@ from metamri.utils import checks
 
 log = logging.getLogger(__name__)
 
-#: Keys of the ``reconstruction`` group (what :func:`build_reconstructor` reads).
+#: Keys of the ``reconstruction`` group (what :func:`build_reconstructor` reads), the resume
+#: fingerprint's (``metamri.evaluate``). ``corrupt`` is read too but is not listed: its settings
+#: enter the fingerprint in :func:`~metamri.evaluation.run.evaluate_split`, and only when a
+#: corruption is on, so progress recorded before the key existed still resumes.
 GROUP_KEYS = ("mask", "sampler", "methods", "guidance_scale", "ensemble", "drop_fields", "keep_fields",
               "base_seed", "use_ema", "cs", "coil_maps", "espirit", "scaling")
 #: Keyword arguments :func:`metamri.recon.baselines.compressed_sensing` takes from ``cs``.
@@ -171,6 +177,7 @@ def build_reconstructor(cfg: Any, module: Any = None, *, methods: Sequence[str] 
         ConfigError: An invalid key or value (named), or ``diffusion`` without a module.
     """
     from metamri.evaluation.reconstructor import Reconstructor
+    from metamri.metadata.corruption import MetadataCorruption
     from metamri.preprocess.espirit import EspiritParams
 
     methods = tuple(str(m) for m in (methods if methods is not None else _plain(_get(cfg, "methods"))
@@ -196,4 +203,5 @@ def build_reconstructor(cfg: Any, module: Any = None, *, methods: Sequence[str] 
         coil_maps=str(_get(cfg, "coil_maps", "fully_sampled")),
         espirit=EspiritParams.from_config(_get(cfg, "espirit")),
         scaling=str(_get(cfg, "scaling", "reference")),
+        corruption=MetadataCorruption.from_config(_get(cfg, "corrupt")),
     )

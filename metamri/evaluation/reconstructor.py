@@ -24,6 +24,13 @@ keeps only those (``Metadata.only``). Missing, dropped and ablated all mean the 
 thing to an encoder: the field's learned "empty" token. The unconditional context of
 classifier-free guidance drops every field (``encoder.drop_all``).
 
+A metadata corruption (``corruption``, :class:`~metamri.metadata.corruption.MetadataCorruption`:
+missing fields, scaled numbers, wrong categories, another volume's header; drawn per volume
+from the slice's ``fname``) comes *before* the ablation (:meth:`Reconstructor.ablate`): the
+file's header is bad, then the experiment chooses which fields the encoder reads, so a
+dropped field stays dropped whatever the corruption (a shuffle after the ablation would
+put a dropped field back).
+
 Coil maps (``coil_maps``): ``"fully_sampled"`` (default) uses the sample's maps, ESPIRiT
 from the fully sampled k-space as the paper's preprocessing computed them (they also
 simulate the measurement); ``"calibration"`` estimates maps from the simulated
@@ -66,7 +73,7 @@ import torch
 
 from metamri.data.sample import ImageSample
 from metamri.errors import ConfigError
-from metamri.metadata import Metadata
+from metamri.metadata import Metadata, MetadataCorruption
 from metamri.metrics.table import MetricRow, MetricTable
 from metamri.physics.masks import describe_mask, effective_acceleration
 from metamri.physics.sense import SenseOperator
@@ -153,6 +160,9 @@ class Reconstructor:
         ensemble: K samples per slice, averaged (complex mean).
         drop_fields: Fields set to missing before encoding (drop-one-field ablation).
         keep_fields: If given, only these fields are kept (keep-one-field ablation).
+        corruption: A :class:`~metamri.metadata.corruption.MetadataCorruption` applied to each
+            record before the ablation (``None``: none). With ``shuffle`` it needs the split's
+            volumes (:func:`metamri.evaluation.run.evaluate_split` gives them).
         base_seed: Mixed into every ensemble seed.
         cs: Keyword arguments of :func:`~metamri.recon.baselines.compressed_sensing`
             (``lamda``, ``n_iter``, ``backend``, ``wavelet``).
@@ -179,6 +189,7 @@ class Reconstructor:
         coil_maps: str = "fully_sampled",
         espirit: EspiritParams | None = None,
         scaling: str = "reference",
+        corruption: MetadataCorruption | None = None,
     ) -> None:
         if coil_maps not in COIL_MAPS:
             raise ConfigError("coil_maps", coil_maps, f"choose one of {list(COIL_MAPS)}")
@@ -201,7 +212,8 @@ class Reconstructor:
         self.drop_fields = [str(f) for f in (drop_fields or ())]
         self.keep_fields = None if keep_fields is None else [str(f) for f in keep_fields]
         # validate the names now (Metadata.without/only raise on unknown fields)
-        self.ablate(Metadata())
+        Metadata().only(self.keep_fields or ()).without(self.drop_fields)
+        self.corruption = corruption if corruption is not None else MetadataCorruption()
         self.base_seed = int(base_seed)
         self.cs = dict(cs or {})
         self.use_ema = bool(use_ema)
@@ -230,11 +242,22 @@ class Reconstructor:
                 out["drop_fields"] = list(self.drop_fields)
             if self.keep_fields is not None:
                 out["keep_fields"] = list(self.keep_fields)
+            if self.corruption.active:
+                out["corrupt"] = self.corruption.to_dict()
         return out
 
     # -- pieces ------------------------------------------------------------------------------
-    def ablate(self, meta: Metadata) -> Metadata:
-        """The record the encoder sees: ``keep_fields`` kept, ``drop_fields`` dropped."""
+    def ablate(self, meta: Metadata, fname: str | None = None) -> Metadata:
+        """The record the encoder sees: the corruption of volume ``fname`` (when one is on),
+        then ``keep_fields`` kept and ``drop_fields`` dropped.
+
+        Raises:
+            ValueError: A corruption is on and no ``fname`` is given (its draws are per volume).
+        """
+        if self.corruption.active:
+            if fname is None:
+                raise ValueError("the metadata corruption is drawn per volume: pass the slice's fname")
+            meta = self.corruption(meta, fname)
         if self.keep_fields is not None:
             meta = meta.only(self.keep_fields)
         return meta.without(self.drop_fields) if self.drop_fields else meta
@@ -258,7 +281,7 @@ class Reconstructor:
         """Ensemble posterior samples of B slices -> :class:`~metamri.sampling.ensemble.EnsembleResult`.
 
         Args:
-            keys, metas: B slices and their (unablated) metadata.
+            keys, metas: B slices and their metadata (as read: corrupted and ablated here).
             y: complex64 (B, C, H, W) undersampled k-space; maps: complex64 (B, C, H, W).
             mask: bool (B, W), one line mask per slice.
         """
@@ -269,7 +292,7 @@ class Reconstructor:
         try:
             ema = module.ema_weights() if self.use_ema else contextlib.nullcontext()
             with ema:
-                cond = module.context([self.ablate(m) for m in metas])
+                cond = module.context([self.ablate(m, k.fname) for k, m in zip(keys, metas, strict=True)])
                 uncond = module.context(list(metas), module.encoder.drop_all(len(metas)))
                 seeds = [s for k in keys for s in ensemble_seeds(k.slice_id, self.ensemble, self.base_seed)]
                 line_masks = torch.from_numpy(np.asarray(mask, dtype=bool)).reshape(len(keys), 1, -1)
@@ -288,7 +311,7 @@ class Reconstructor:
 
         Args:
             key: The slice (its name seeds the ensemble).
-            meta: The slice's metadata (ablated here for the conditional context).
+            meta: The slice's metadata (corrupted and ablated here for the conditional context).
             y: complex64 (C, H, W) undersampled k-space, normalised units.
             maps: complex64 (C, H, W) sensitivity maps.
             mask: bool (W,) sampling mask.

@@ -14,6 +14,11 @@ merged (:func:`~metamri.evaluation.sharding.gather_rows`), and rank 0 writes
 
 Metrics are computed on magnitudes in normalised units (the slice's p99 divisor
 cancels in PSNR/SSIM/NMSE because ``data_range`` is the ground truth's maximum).
+
+A metadata corruption that shuffles headers between volumes
+(:class:`~metamri.metadata.corruption.MetadataCorruption`) draws its donors among every
+volume of ``dataset`` (:func:`volume_records`), not only the evaluated items, so every rank,
+and any ``max_slices`` / ``items_per_volume``, sees the same map.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 from metamri.errors import ConfigError
 from metamri.evaluation.reconstructor import Reconstructor, SliceResult
 from metamri.evaluation.sharding import dist_info, gather_objects, gather_rows, shard_indices
+from metamri.metadata import Metadata
 from metamri.metrics.table import MetricTable
 from metamri.utils.io import write_text_atomic
 
@@ -89,13 +95,15 @@ def evaluate_split(
             interrupted run of the same ``fingerprint`` recorded
             (:class:`~metamri.evaluation.progress.EvaluationProgress`); ``None``: no record.
         fingerprint: The settings the rows depend on (with ``progress_dir``); the item
-            count is added here.
+            count is added here, and the reconstructor's metadata corruption when one is on.
         stage: Names the progress files (the split).
     """
     if int(batch_size) != batch_size or batch_size < 1:
         raise ConfigError("batch_size", batch_size, "must be a positive integer (slices per sampler call)")
     chosen = select_items(dataset, items_per_volume)
     n = len(chosen) if max_slices is None else min(len(chosen), int(max_slices))
+    if reconstructor.corruption.shuffle and reconstructor.corruption.donors is None:
+        reconstructor.corruption = reconstructor.corruption.with_volumes(volume_records(dataset))
     rank, world = dist_info()
     local = MetricTable()
     kept: list[SliceResult] = []
@@ -105,7 +113,10 @@ def evaluate_split(
     if progress_dir is not None:
         from metamri.evaluation.progress import EvaluationProgress
 
-        progress = EvaluationProgress(progress_dir, stage, {**(fingerprint or {}), "items": n}, rank)
+        key = {**(fingerprint or {}), "items": n}
+        if reconstructor.corruption.active:  # absent when off: earlier progress files still match
+            key["corrupt"] = reconstructor.corruption.to_dict()
+        progress = EvaluationProgress(progress_dir, stage, key, rank)
         rows, restored = progress.restored(mine)
         local.extend(rows)  # first: merge_rows keeps the first row of a key
         accel.update(restored)
@@ -168,6 +179,26 @@ def select_items(dataset, items_per_volume: int | None = None) -> list[int]:
     return out
 
 
+def volume_records(dataset) -> dict[str, Metadata]:
+    """``fname -> metadata`` of every volume of ``dataset`` (its first item's record).
+
+    Reads no pixels from a :class:`~metamri.datamodules.dataset.CachedSliceDataset` (its
+    ``entries``, ``index`` and ``metadata(i)``); a plain sequence of samples is read item by item.
+    """
+    out: dict[str, Metadata] = {}
+    index = getattr(dataset, "index", None)
+    if isinstance(index, list) and hasattr(dataset, "entries") and hasattr(dataset, "metadata"):
+        for i, (entry, _row) in enumerate(index):
+            fname = str(dataset.entries[entry].fname)
+            if fname not in out:
+                out[fname] = dataset.metadata(i)
+        return out
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        out.setdefault(str(sample.fname), sample.metadata)
+    return out
+
+
 def setup_lines(reconstructor: Reconstructor, evaluation: SplitEvaluation | None = None) -> list[str]:
     """What a summary states about its setup, one line each (markdown).
 
@@ -192,6 +223,9 @@ def setup_lines(reconstructor: Reconstructor, evaluation: SplitEvaluation | None
         extra = "".join(f", {k}={info[k]}" for k in ("drop_fields", "keep_fields") if k in info)
         lines.append(f"diffusion: {info['sampler']}, {info['num_steps']} steps, guidance_scale="
                      f"{info['guidance_scale']}, ensemble K={info['ensemble']}{extra}")
+        if "corrupt" in info:
+            lines.append(f"metadata corruption: {reconstructor.corruption.summary()} (drawn per volume, "
+                         "applied before drop_fields / keep_fields)")
     return lines
 
 

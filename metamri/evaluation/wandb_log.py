@@ -306,13 +306,18 @@ def run_config(cfg: Any, evaluation: Any = None, train: TrainRun | None = None) 
             the prior when ``None``.
 
     Keys, in order: ``prior, train_run, train_wandb_id, split, domain, methods,
-    guidance_scale, ensemble, drop_fields, keep_fields, mask, acceleration,
+    guidance_scale, ensemble, drop_fields, keep_fields, corrupt_missing_rate, corrupt_numeric_scale,
+    corrupt_wrong_fields, corrupt_shuffle, corrupt_seed, mask, acceleration,
     effective_acceleration`` (+ ``center_fraction``, ``min_center_lines`` where the mask has
     them), ``sampler, num_steps`` (+ ``eta``), ``items_per_volume, max_slices, batch_size,
     base_seed, coil_maps, scaling, cs_lamda``. Lists (``methods``, ``drop_fields``, ``keep_fields``)
-    are comma-joined strings; ``keep_fields`` is ``None`` when unset (every field).
+    are comma-joined strings; ``keep_fields`` is ``None`` when unset (every field). The
+    ``corrupt_*`` keys are the metadata corruption's settings
+    (:class:`~metamri.metadata.corruption.MetadataCorruption`; ``corrupt_wrong_fields``
+    comma-joined, ``""`` for none), present, at their off values, in every run.
     """
     from metamri.evaluation.builder import prior_path
+    from metamri.metadata.corruption import MetadataCorruption
 
     with warnings.catch_warnings():  # the deprecated ckpt_path alias warned once already
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -335,6 +340,8 @@ def run_config(cfg: Any, evaluation: Any = None, train: TrainRun | None = None) 
         "ensemble": _int_or_none(_get(cfg, "ensemble")),
         "drop_fields": _joined(_get(cfg, "drop_fields")) or "",
         "keep_fields": _joined(_get(cfg, "keep_fields")),
+        **{f"corrupt_{k}": (",".join(v) if isinstance(v, list) else v)
+           for k, v in MetadataCorruption.from_config(_get(cfg, "corrupt")).to_dict().items()},
         "mask": _short_target(mask),
         "acceleration": _number(mask.get("acceleration")),
         "effective_acceleration": effective,

@@ -6,10 +6,13 @@
 * :mod:`~metamri.metadata.validate`: the one check of a value against its field.
 * :mod:`~metamri.metadata.missing`: metadata a file should give and does not.
 * :mod:`~metamri.metadata.record`: :class:`Metadata`, made from the schema.
+* :mod:`~metamri.metadata.corruption`: :class:`MetadataCorruption`, bad headers on purpose
+  (robustness evaluations).
 """
 
 from metamri.metadata.contextmri_table import ContextMRITable, read_contextmri_table
 from metamri.metadata.contrast import acquisition_from_contextmri, contextmri_contrast
+from metamri.metadata.corruption import MetadataCorruption
 from metamri.metadata.extract import read_values
 from metamri.metadata.missing import report_missing
 from metamri.metadata.normalization import UNKNOWN, NumericRanges, Vocabulary
@@ -45,7 +48,7 @@ __all__ = [
     "ACQUISITION_FIELDS", "CATEGORICAL_FIELDS", "CONTEXTMRI_FIELDS", "EMBEDDABLE_FIELDS",
     "FIELD_NAMES", "FIELDS", "MULTILABEL_FIELDS", "NUMERIC_FIELDS", "PAPER_FIELDS", "PROMPT_STYLES",
     "REQUIRED_FIELDS", "SCHEMA", "UNKNOWN", "ContextMRITable", "FieldKind", "FieldSpec", "FieldValueError",
-    "FileView", "Metadata", "NumericRanges", "Vocabulary", "acquisition_from_contextmri", "build_prompt",
+    "FileView", "Metadata", "MetadataCorruption", "NumericRanges", "Vocabulary", "acquisition_from_contextmri", "build_prompt",
     "check_value", "contextmri_contrast", "contextmri_prompt", "field_spec", "is_inversion_recovery",
     "metamri_prompt", "read_contextmri_table", "read_values", "report_missing", "resolve_fields",
 ]

@@ -3,8 +3,8 @@
 A run is what one ``python -m metamri.evaluate ... hydra.run.dir=DIR`` wrote:
 
 * ``DIR/.hydra/config.yaml``: the resolved config (``prior``, ``guidance_scale``,
-  ``ensemble``, ``drop_fields``, ``keep_fields``, ``mask``, ``sampler``, ``split``, ``domain``,
-  ``output_subdir``), and
+  ``ensemble``, ``drop_fields``, ``keep_fields``, ``corrupt``, ``mask``, ``sampler``, ``split``,
+  ``domain``, ``output_subdir``), and
 * ``DIR/<output_subdir>/<split>_metrics.csv`` (``output_subdir`` defaults to
   ``reconstruction``): one row per (fname, slice, frame, method) with PSNR (dB), SSIM,
   LPIPS (may be empty) and NMSE (:meth:`metamri.metrics.MetricTable.to_csv`).
@@ -291,13 +291,19 @@ def describe_setup(config: dict[str, Any]) -> str:
 
     Reads both the nested Hydra config of a run directory (``mask: {_target_, acceleration}``,
     lists) and the flat W&B config of :mod:`metamri.evaluation.wandb_log` (``mask:
-    Uniform1D``, ``acceleration: 4``, comma-joined ``drop_fields``).
+    Uniform1D``, ``acceleration: 4``, comma-joined ``drop_fields``, ``corrupt_<key>``). A metadata
+    corruption that is on shows as ``corrupt(<its settings that are on>, seed=N)``.
 
     >>> describe_setup({"prior": "ckpt/last.ckpt", "guidance_scale": 1.0, "ensemble": 1,
     ...                 "drop_fields": ["te"], "mask": {"_target_": "a.Uniform1D", "acceleration": 4}})
     'prior=ckpt/last.ckpt, guidance_scale=1.0, ensemble=1, drop_fields=[te], mask=Uniform1D 4x'
     >>> describe_setup({"drop_fields": "te,ti", "mask": "Uniform1D", "acceleration": 8})
     'drop_fields=[te, ti], mask=Uniform1D 8x'
+    >>> describe_setup({"corrupt": {"missing_rate": 0.5, "numeric_scale": 0.0, "wrong_fields": [],
+    ...                             "shuffle": False, "seed": 0}})
+    'corrupt(missing_rate=0.5, seed=0)'
+    >>> describe_setup({"corrupt_wrong_fields": "contrast", "corrupt_shuffle": True, "corrupt_seed": 1})
+    'corrupt(wrong_fields=[contrast], shuffle, seed=1)'
     """
     parts = []
     for key in ("prior", "guidance_scale", "ensemble"):
@@ -309,6 +315,9 @@ def describe_setup(config: dict[str, Any]) -> str:
             value = [v for v in value.split(",") if v]
         if value:
             parts.append(f"{key}=[{', '.join(map(str, value))}]")
+    corrupt = _corruption(config)
+    if corrupt:
+        parts.append(f"corrupt({corrupt})")
     mask, accel = _target_and(config.get("mask"), "acceleration", config.get("acceleration"))
     if mask is not None:
         parts.append(f"mask={mask}" + (f" {accel}x" if accel is not None else ""))
@@ -318,6 +327,23 @@ def describe_setup(config: dict[str, Any]) -> str:
     if config.get("domain") is not None:
         parts.append(f"domain={config['domain']}")
     return ", ".join(parts) or "(no config)"
+
+
+def _corruption(config: dict[str, Any]) -> str:
+    """The metadata corruption's summary from nested or flat keys (``""`` when off)."""
+    from metamri.errors import ConfigError
+    from metamri.metadata.corruption import KEYS, MetadataCorruption
+
+    node = config.get("corrupt")
+    if not isinstance(node, dict):
+        node = {k: config[f"corrupt_{k}"] for k in KEYS if config.get(f"corrupt_{k}") is not None}
+        if isinstance(node.get("wrong_fields"), str):
+            node["wrong_fields"] = [f for f in node["wrong_fields"].split(",") if f]
+    try:
+        corruption = MetadataCorruption.from_config(node)
+    except ConfigError:
+        return f"unreadable: {node}"
+    return corruption.summary() if corruption.active else ""
 
 
 def _target_and(node: Any, key: str, flat: Any) -> tuple[str | None, Any]:

@@ -2,8 +2,8 @@
 
 * :func:`line_plot`: one panel per metric (PSNR in dB, SSIM), each row's mean against its
   ``x`` with the bootstrap interval of the mean (volumes resampled) as error bars.
-* :func:`bars_plot`: one panel per metric, each non-reference row's paired difference to
-  the reference with its interval as whiskers, and a zero line.
+* :func:`bars_plot`: one panel per metric, each row's paired difference to the table's
+  first reference with its interval as whiskers, and a zero line.
 
 The information curves are plotted by :func:`metamri.analysis.information.plot_information`.
 
@@ -74,7 +74,7 @@ def line_plot(table: TableResult, path: str | Path) -> Path:
 
 
 def bars_plot(table: TableResult, path: str | Path) -> Path:
-    """Paired difference to the reference per row (bars), interval whiskers, zero line."""
+    """Paired difference to the (first) reference per row (bars), interval whiskers, zero line."""
     spec = table.spec
     metrics = [m for m in spec.plot.metrics if m in table.metrics]
     ref = table.reference
@@ -83,7 +83,7 @@ def bars_plot(table: TableResult, path: str | Path) -> Path:
     for ax, m in zip(axes, metrics, strict=True):
         labels, ys, err = [], [], []
         for r in rows:
-            iv = r.diffs.get(m)
+            iv = r.diff(m, ref.spec.id)
             labels.append(r.spec.label)
             if iv is None:
                 ys.append(np.nan)

@@ -3,11 +3,14 @@
 A manifest (YAML) names the tables and, per row, which evaluation run and which method of
 it the row shows; see :func:`load_manifest` for its keys. Per row and metric the table
 gives the mean ± std over slices (sample std, ``ddof = 1``, as
-:meth:`metamri.metrics.MetricTable.summary`), and for each row but the table's
-``reference`` the paired difference ``row - reference`` over the slices both rows have
-(matched on ``(fname, slice, frame)``) with a percentile bootstrap interval that resamples
-volumes (:func:`metamri.report.bootstrap.paired_volume_bootstrap`). Units: PSNR in dB,
-SSIM, LPIPS and NMSE unitless.
+:meth:`metamri.metrics.MetricTable.summary`), and for each of the table's references (a
+row id, or a list of them: ``reference: [all, none]``) and each other row the paired
+difference ``row - reference`` over the slices both rows have (matched on
+``(fname, slice, frame)``) with a percentile bootstrap interval that resamples volumes
+(:func:`metamri.report.bootstrap.paired_volume_bootstrap`): one Δ column group per
+reference in the Markdown, one CSV line per row x metric x reference (the ``reference``
+column names it; a table without a reference has one line per row x metric). Units: PSNR
+in dB, SSIM, LPIPS and NMSE unitless.
 
 Paths in the manifest (``runs_root``, ``information[].csv``) are relative to the current
 directory (``make report`` runs from the repository root), not to the manifest's own
@@ -41,7 +44,7 @@ PLOT_KINDS = ("line", "bars")
 #: Decimals per metric in the Markdown (the CSV keeps full precision).
 DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "nmse": 4}
 TITLES = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "nmse": "NMSE"}
-#: Columns of ``<table id>.csv``, one line per row x metric.
+#: Columns of ``<table id>.csv``, one line per row x metric x reference (row x metric without one).
 CSV_COLUMNS = ("table", "row", "label", "run", "method", "metric", "n_slices", "n_volumes",
                "mean", "std", "diff_mean", "diff_lo", "diff_hi", "reference")
 
@@ -120,12 +123,20 @@ class PlotSpec:
 
 @dataclass(frozen=True)
 class TableSpec:
+    """One table: its rows, the row ids the differences are taken against (``references``,
+    in column order; a bars plot shows the first), an optional plot and note."""
+
     id: str
     title: str
     rows: tuple[RowSpec, ...]
-    reference: str | None = None
+    references: tuple[str, ...] = ()
     plot: PlotSpec | None = None
     note: str | None = None
+
+    @property
+    def reference(self) -> str | None:
+        """The first reference (the one a bars plot shows), ``None`` without one."""
+        return self.references[0] if self.references else None
 
     def row(self, row_id: str) -> RowSpec:
         return next(r for r in self.rows if r.id == row_id)
@@ -156,7 +167,8 @@ def load_manifest(path: str | Path) -> Manifest:
     Keys: ``runs_root`` (directory of the run paths, relative to the current directory),
     ``split`` (default ``test``), ``metrics`` (subset of ``psnr, ssim, lpips, nmse``; default
     ``[psnr, ssim, lpips]``), ``bootstrap: {n, seed, level}`` (default 2000, 0, 0.95),
-    ``tables`` (each ``id``, ``title``, ``rows``, optional ``reference`` (a row id),
+    ``tables`` (each ``id``, ``title``, ``rows``, optional ``reference`` (a row id, or a list
+    of row ids: one Δ column group each),
     ``plot: {kind: line|bars, x_label, metrics}``, ``note``; each row ``id``, ``label``, ``run``,
     optional ``method`` (default ``diffusion``), ``x`` (for line plots), ``source``
     (``runs``|``wandb``, default: the command's ``source``)), and optional ``information``
@@ -259,9 +271,16 @@ def _table(raw: Any, i: int, where: str) -> TableSpec:
     if dup:
         raise ConfigError(f"{key}.rows[].id", sorted(dup), f"row ids must be unique within a table {where}")
     reference = raw.get("reference")
-    if reference is not None and str(reference) not in ids:
-        raise ConfigError(f"{key}.reference", reference, f"is not a row id of table {tid} {where}",
-                          hint=f"choose one of {ids}")
+    refs = [] if reference is None else reference if isinstance(reference, list) else [reference]
+    if reference is not None and (not refs or any(not isinstance(r, str | int) for r in refs)):
+        raise ConfigError(f"{key}.reference", reference, f"must be a row id or a non-empty list of row ids {where}")
+    refs = [str(r) for r in refs]
+    for r in refs:
+        if r not in ids:
+            raise ConfigError(f"{key}.reference", reference, f"{r!r} is not a row id of table {tid} {where}",
+                              hint=f"choose from {ids}")
+    if len(set(refs)) != len(refs):
+        raise ConfigError(f"{key}.reference", reference, f"names a row twice {where}")
     plot = None
     if raw.get("plot") is not None:
         p = raw["plot"]
@@ -277,11 +296,10 @@ def _table(raw: Any, i: int, where: str) -> TableSpec:
             no_x = [r.id for r in rows if r.x is None]
             if no_x:
                 raise ConfigError(f"{key}.rows[].x", no_x, f"a line plot needs `x` on every row {where}")
-        if plot.kind == "bars" and reference is None:
+        if plot.kind == "bars" and not refs:
             raise ConfigError(f"{key}.reference", None, f"a bars plot shows differences to the reference {where}",
                               hint="set `reference:` to a row id")
-    return TableSpec(tid, str(raw.get("title", tid)), tuple(rows),
-                     None if reference is None else str(reference), plot, raw.get("note"))
+    return TableSpec(tid, str(raw.get("title", tid)), tuple(rows), tuple(refs), plot, raw.get("note"))
 
 
 def _no_unknown(raw: dict, allowed: set[str], prefix: str, where: str) -> None:
@@ -318,10 +336,11 @@ class RowResult:
         missing: ``None``, or the reason the row's run or method could not be read.
         data: The method's per-slice rows indexed by ``(fname, slice, frame)``.
         stats: Per metric.
-        diffs: Per metric, the paired ``row - reference`` :class:`Interval`, or ``None``
-            (the reference row, a missing side, no shared slices: see ``diff_notes``).
-        diff_notes: Per metric, why there is no difference, or how many slices were paired
-            when fewer than either row has.
+        diffs: Per reference row id, then per metric, the paired ``row - reference``
+            :class:`Interval`, or ``None`` (a missing side, no shared slices: see
+            ``diff_notes``); a reference row has no entry for itself.
+        diff_notes: Per reference row id, then per metric, why there is no difference, or
+            how many slices were paired when fewer than either row has.
         location: Where the run was read.
         run_notes: Remarks of the reader (e.g. several W&B runs of that name).
         setup: A line describing the run's config.
@@ -331,8 +350,12 @@ class RowResult:
     missing: str | None = None
     data: pd.DataFrame | None = None
     stats: dict[str, MetricStats] = field(default_factory=dict)
-    diffs: dict[str, Interval | None] = field(default_factory=dict)
-    diff_notes: dict[str, str] = field(default_factory=dict)
+    diffs: dict[str, dict[str, Interval | None]] = field(default_factory=dict)
+    diff_notes: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def diff(self, metric: str, reference: str) -> Interval | None:
+        """The paired ``row - reference`` interval of ``metric`` (``None`` where there is none)."""
+        return self.diffs.get(reference, {}).get(metric)
     location: str | None = None
     run_notes: list[str] = field(default_factory=list)
     setup: str | None = None
@@ -354,9 +377,15 @@ class TableResult:
     metrics: tuple[str, ...]
 
     @property
+    def references(self) -> list[RowResult]:
+        """The reference rows, in the manifest's order."""
+        return [next(r for r in self.rows if r.spec.id == ref) for ref in self.spec.references]
+
+    @property
     def reference(self) -> RowResult | None:
-        ref = self.spec.reference
-        return None if ref is None else next(r for r in self.rows if r.spec.id == ref)
+        """The first reference row (``None`` without one)."""
+        refs = self.references
+        return refs[0] if refs else None
 
     @property
     def missing(self) -> list[RowResult]:
@@ -383,14 +412,16 @@ def build_table(spec: TableSpec, manifest: Manifest, collector: RunCollector,
                 result.stats[m] = _stats(result.data, m, boot if want_ci else None)
         rows.append(result)
     table = TableResult(spec, rows, boot, manifest.metrics)
-    ref = table.reference
-    for row in rows:
-        if ref is None or row is ref:
-            continue
-        for m in manifest.metrics:
-            row.diffs[m], note = _paired(row, ref, m, boot)
-            if note:
-                row.diff_notes[m] = note
+    refs = table.references
+    for ref in refs:
+        for row in rows:
+            if row is ref:
+                continue
+            diffs, notes = row.diffs.setdefault(ref.spec.id, {}), row.diff_notes.setdefault(ref.spec.id, {})
+            for m in manifest.metrics:
+                diffs[m], note = _paired(row, ref, m, boot)
+                if note:
+                    notes[m] = note if len(refs) == 1 else f"vs {ref.spec.label}: {note}"
     return table
 
 
@@ -463,10 +494,9 @@ def _cell(text: str) -> str:
 def table_markdown(table: TableResult, png: str | None = None) -> str:
     """The table as Markdown: a heading, the table, then what the numbers are."""
     spec, metrics, boot = table.spec, table.metrics, table.bootstrap
-    ref = table.reference
+    refs = table.references
     head = ["row", "n slices", "n volumes"] + [TITLES[m] for m in metrics]
-    if ref is not None:
-        head += [f"Δ {TITLES[m]} vs {ref.spec.label}" for m in metrics]
+    head += [f"Δ {TITLES[m]} vs {ref.spec.label}" for ref in refs for m in metrics]
     lines = [f"## {spec.title}", ""]
     if spec.note:
         lines += [str(spec.note), ""]
@@ -479,18 +509,20 @@ def table_markdown(table: TableResult, png: str | None = None) -> str:
         else:
             cells = [row.spec.label, str(row.n_slices), str(row.n_volumes)]
             cells += [format_mean_std(row.stats.get(m), m, row.n_slices) for m in metrics]
-            if ref is not None:
-                cells += ["reference" if row is ref else format_diff(row.diffs.get(m), m)
-                          for m in metrics]
-            notes += [f"{row.spec.label}: {n}" for m, n in row.diff_notes.items() if m not in empty]
+            cells += ["reference" if row is ref else format_diff(row.diff(m, ref.spec.id), m)
+                      for ref in refs for m in metrics]
+            notes += [f"{row.spec.label}: {n}" for ref in refs
+                      for m, n in row.diff_notes.get(ref.spec.id, {}).items() if m not in empty]
             notes += [f"{row.spec.label}: {n}" for n in row.run_notes]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     lines.append("")
     pct = f"{100 * boot.level:g}%"
     lines.append(f"Mean ± std over slices (sample std). Methods: {_methods(table)}.")
-    if ref is not None:
+    if refs:
+        against = refs[0].spec.label if len(refs) == 1 else (
+            "reference, one column group per reference (" + "; ".join(r.spec.label for r in refs) + ")")
         lines += ["", (
-            f"Δ: mean over slices of the paired difference row − {ref.spec.label}, slices matched "
+            f"Δ: mean over slices of the paired difference row − {against}, slices matched "
             f"on (fname, slice, frame); [lo, hi]: {pct} percentile bootstrap interval, "
             f"{boot.n} draws resampling {boot.unit_name} with replacement (all slices of a drawn "
             f"unit kept; the statistic is the mean over the drawn slices), seed {boot.seed}.")]
@@ -518,24 +550,26 @@ def _methods(table: TableResult) -> str:
 
 
 def table_records(table: TableResult) -> list[dict[str, Any]]:
-    """One dict per row x metric with :data:`CSV_COLUMNS` (``None`` where not defined)."""
+    """One dict per row x metric x reference with :data:`CSV_COLUMNS` (``None`` where not
+    defined): ``mean`` and ``std`` repeat on each reference's line, ``diff_*`` are against the
+    line's ``reference`` (empty on the reference row's own line). Without a reference, one
+    dict per row x metric with ``reference`` ``None``."""
     out = []
-    ref_id = table.spec.reference
-    for row in table.rows:
-        for m in table.metrics:
-            s = row.stats.get(m)
-            iv = row.diffs.get(m)
-            out.append({
-                "table": table.spec.id, "row": row.spec.id, "label": row.spec.label,
-                "run": row.spec.run, "method": row.spec.method, "metric": m,
-                "n_slices": 0 if s is None else s.n_slices,
-                "n_volumes": 0 if s is None else s.n_volumes,
-                "mean": None if s is None else s.mean, "std": None if s is None else s.std,
-                "diff_mean": None if iv is None else iv.estimate,
-                "diff_lo": None if iv is None else iv.lo,
-                "diff_hi": None if iv is None else iv.hi,
-                "reference": ref_id,
-            })
+    refs = table.spec.references or (None,)
+    for row, m, ref_id in ((row, m, r) for row in table.rows for m in table.metrics for r in refs):
+        s = row.stats.get(m)
+        iv = None if ref_id is None else row.diff(m, ref_id)
+        out.append({
+            "table": table.spec.id, "row": row.spec.id, "label": row.spec.label,
+            "run": row.spec.run, "method": row.spec.method, "metric": m,
+            "n_slices": 0 if s is None else s.n_slices,
+            "n_volumes": 0 if s is None else s.n_volumes,
+            "mean": None if s is None else s.mean, "std": None if s is None else s.std,
+            "diff_mean": None if iv is None else iv.estimate,
+            "diff_lo": None if iv is None else iv.lo,
+            "diff_hi": None if iv is None else iv.hi,
+            "reference": ref_id,
+        })
     return out
 
 

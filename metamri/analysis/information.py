@@ -244,7 +244,7 @@ def _uses_ema(module: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _measuring(module: Any) -> Iterator[None]:
+def measuring(module: Any) -> Iterator[None]:
     """Eval mode, EMA weights (as validation uses them) and no autograd; restored after."""
     was_training = isinstance(module, nn.Module) and module.training
     if isinstance(module, nn.Module):
@@ -258,7 +258,7 @@ def _measuring(module: Any) -> Iterator[None]:
             module.train()
 
 
-def _noise(keys: Sequence[str], shape: tuple[int, ...], seed: int, t: int) -> torch.Tensor:
+def item_noise(keys: Sequence[str], shape: tuple[int, ...], seed: int, t: int) -> torch.Tensor:
     """float32 (B, *shape) standard normal noise, each row from its own seeded CPU generator."""
     rows = []
     for key in keys:
@@ -335,7 +335,7 @@ def information_curves(
     device = _device(module)
     losses = np.zeros((len(ts), len(CONDITIONS), n), dtype=np.float64)
     ema = _uses_ema(module)
-    with _measuring(module):
+    with measuring(module):
         for start in range(0, n, int(batch_size)):
             idx, don = items[start:start + batch_size], donors[start:start + batch_size]
             samples = [dataset[int(i)] for i in idx]
@@ -357,7 +357,7 @@ def information_curves(
                 first.append(same)
             keys = [f"{s.fname}|{int(s.slice_index)}|{int(s.frame)}" for s in samples]
             for k, t in enumerate(ts):
-                eps = _noise(keys, tuple(x0.shape[1:]), seed, t).to(device=device, dtype=x0.dtype)
+                eps = item_noise(keys, tuple(x0.shape[1:]), seed, t).to(device=device, dtype=x0.dtype)
                 tt = torch.full((b,), t, dtype=torch.long, device=device)
                 x_t = module.noise_scheduler.add_noise(x0, eps, tt)
                 for c, ctx in enumerate(contexts):

@@ -68,7 +68,8 @@ def count_labels(labels: Iterable[str]) -> str:
 
 def contextmri_prompt(meta: Metadata, fields: str | Iterable[str] = PAPER_FIELDS,
                       dropped: Collection[str] = ()) -> str:
-    """ContextMRI's prompt for ``meta`` (see the module doc).
+    """ContextMRI's prompt for ``meta`` (see the module doc): its parts
+    (:func:`contextmri_prompt_parts`) joined by ``", "``.
 
     Args:
         meta: The slice's record.
@@ -84,23 +85,33 @@ def contextmri_prompt(meta: Metadata, fields: str | Iterable[str] = PAPER_FIELDS
     >>> contextmri_prompt(rec, dropped={"te"})
     'brain, Slice 0, T2'
     """
+    return ", ".join(text for _, text in contextmri_prompt_parts(meta, fields, dropped))
+
+
+def contextmri_prompt_parts(meta: Metadata, fields: str | Iterable[str] = PAPER_FIELDS,
+                            dropped: Collection[str] = ()) -> list[tuple[str, str]]:
+    """``(field, text)`` of each part of ContextMRI's prompt, in order (which words spell which field).
+
+    >>> contextmri_prompt_parts(Metadata(anatomy="brain", slice=2, contrast="AXT2", tr=6190.0), "all")[:3]
+    [('anatomy', 'brain'), ('slice', 'Slice 2'), ('contrast', 'T2')]
+    """
     fields = _fields(fields)
     for f in dropped:
         field_spec(f)
     shown = set(fields) - set(dropped)
-    parts: list[str] = []
+    parts: list[tuple[str, str]] = []
     for name in _CORE_FIELDS:
         value = getattr(meta, name)
         if name not in shown or value is None:
             continue
         if name == "slice":
-            parts.append(f"Slice {format_number(value)}")
+            parts.append((name, f"Slice {format_number(value)}"))
         elif name == "contrast":
-            parts.append(contextmri_contrast(value))
+            parts.append((name, contextmri_contrast(value)))
         else:
-            parts.append(str(value))
+            parts.append((name, str(value)))
     if "pathology" in shown and meta.pathology:
-        parts.append(f"Pathology: {count_labels(meta.pathology)}")
+        parts.append(("pathology", f"Pathology: {count_labels(meta.pathology)}"))
     block = [f for f in ACQUISITION_FIELDS if f in fields]
     if block and not set(block) & set(dropped):
         for name in block:
@@ -108,8 +119,8 @@ def contextmri_prompt(meta: Metadata, fields: str | Iterable[str] = PAPER_FIELDS
             if value is None:
                 continue
             text = value if isinstance(value, str) else format_number(value)
-            parts.append(f"{_ACQ_LABELS[name]}: {text}")
-    return ", ".join(parts)
+            parts.append((name, f"{_ACQ_LABELS[name]}: {text}"))
+    return parts
 
 
 def _stored_ti(meta: Metadata) -> float | None:
@@ -124,13 +135,19 @@ def metamri_prompt(meta: Metadata, fields: str | Iterable[str] = PAPER_FIELDS,
     >>> metamri_prompt(Metadata(anatomy="brain", slice=3, contrast="AXFLAIR", tr=9000.0, ti=None))
     'brain, Slice 3, AXFLAIR, TR: 9000'
     """
+    return ", ".join(text for _, text in metamri_prompt_parts(meta, fields, dropped))
+
+
+def metamri_prompt_parts(meta: Metadata, fields: str | Iterable[str] = PAPER_FIELDS,
+                         dropped: Collection[str] = ()) -> list[tuple[str, str]]:
+    """``(field, text)`` of each part of the field-by-field prompt, in order."""
     order = ("anatomy", "slice", "contrast", "sequence", "tr", "te", "ti", "flip_angle")
     fields = list(_fields(fields))
     for f in dropped:
         field_spec(f)
     wanted = set(fields) - set(dropped)
     ordered = [f for f in order if f in wanted] + [f for f in fields if f in wanted and f not in order]
-    parts: list[str] = []
+    parts: list[tuple[str, str]] = []
     for name in ordered:
         spec = field_spec(name)
         value = getattr(meta, name)
@@ -140,12 +157,12 @@ def metamri_prompt(meta: Metadata, fields: str | Iterable[str] = PAPER_FIELDS,
             ", ".join(value) if isinstance(value, tuple) else str(value)
         )
         if spec.prompt_label == "":
-            parts.append(text)
+            parts.append((name, text))
         elif name == "slice":
-            parts.append(f"Slice {text}")
+            parts.append((name, f"Slice {text}"))
         else:
-            parts.append(f"{spec.prompt_label}: {text}")
-    return ", ".join(parts)
+            parts.append((name, f"{spec.prompt_label}: {text}"))
+    return parts
 
 
 def _fields(fields: str | Iterable[str]) -> tuple[str, ...]:
@@ -166,6 +183,11 @@ def _fmt_g(value: float) -> str:
 PROMPT_STYLES: dict[str, Callable[..., str]] = {
     "contextmri": contextmri_prompt,
     "metamri": metamri_prompt,
+}
+#: Prompt style name -> ``(meta, fields, dropped) -> [(field, text), ...]`` (the parts joined by ", ").
+PROMPT_PARTS: dict[str, Callable[..., list[tuple[str, str]]]] = {
+    "contextmri": contextmri_prompt_parts,
+    "metamri": metamri_prompt_parts,
 }
 
 

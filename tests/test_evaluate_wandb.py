@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +34,7 @@ from metamri.evaluation.wandb_log import (
     train_run_dir,
     train_wandb_id,
 )
+from metamri.evaluation.wandb_offline import list_runs, read_offline_run
 from metamri.metrics import MetricTable
 from tests.test_evaluate import CONF, overrides
 from tests.test_reconstructor import make_module, save_checkpoint
@@ -43,53 +43,6 @@ METRICS = ("psnr", "ssim", "lpips", "nmse")
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def read_offline_run(run_dir: Path) -> dict:
-    """An offline run's run record, config and summary, from its ``run-<id>.wandb`` log."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    (path,) = run_dir.glob("run-*.wandb")
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", path
-    block, pos, records, buf = 32768, 7, [], b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:  # a block's tail too short for a header is padding
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        pos += 7
-        if kind == 0 and length == 0:
-            pos += left - 7
-            continue
-        buf += data[pos:pos + length]
-        pos += length
-        if kind in (1, 4):  # FULL or LAST
-            records.append(buf)
-            buf = b""
-    out: dict = {"run": None, "config": {}, "summary": {}, "history": []}
-    for raw in records:
-        rec = pb.Record()
-        rec.ParseFromString(raw)
-        kind = rec.WhichOneof("record_type")
-        if kind == "run":
-            out["run"] = rec.run
-            out["config"].update({u.key: json.loads(u.value_json) for u in rec.run.config.update})
-        elif kind == "config":
-            out["config"].update({u.key: json.loads(u.value_json) for u in rec.config.update})
-        elif kind == "summary":
-            for u in rec.summary.update:
-                *parents, leaf = [u.key] if u.key else list(u.nested_key)
-                node = out["summary"]
-                for k in parents:
-                    node = node.setdefault(k, {})
-                node[leaf] = json.loads(u.value_json)
-        elif kind == "history":
-            out["history"].append({(u.key or ".".join(u.nested_key)): json.loads(u.value_json)
-                                   for u in rec.history.item})
-    out["config"].pop("_wandb", None)
-    return out
 
 
 def offline_runs(run_dir: Path) -> list[Path]:
@@ -252,10 +205,9 @@ def test_evaluate_logs_one_offline_run(tmp_path, tiny_prior):
     (wb_dir,) = offline_runs(run_dir)
     got = read_offline_run(wb_dir)
 
-    run = got["run"]
-    assert run.run_group == "tiny_contextmri" and run.job_type == "evaluate"
-    assert run.display_name == "x4/text" and list(run.tags) == ["evaluate"]
-    assert run.project == "metamri"
+    assert got["group"] == "tiny_contextmri" and got["job_type"] == "evaluate"
+    assert got["name"] == "x4/text" and got["tags"] == ["evaluate"]
+    assert got["project"] == "metamri"
     config = got["config"]
     assert config["prior"] == str(tiny_prior) and config["train_run"] is None
     assert config["guidance_scale"] == 1.0 and config["methods"] == "zero_filled,diffusion"
@@ -302,14 +254,18 @@ def test_multirun_jobs_are_runs_of_one_group(tmp_path):
     jobs = [sweep / "0", sweep / "1"]
     runs = [read_offline_run(offline_runs(job)[0]) for job in jobs]
     assert all(len(offline_runs(job)) == 1 for job in jobs)
-    assert [r["run"].run_group for r in runs] == ["additive", "additive"]
+    assert [r["group"] for r in runs] == ["additive", "additive"]
     assert [r["config"]["guidance_scale"] for r in runs] == [0.0, 1.0]
     assert {r["config"]["train_wandb_id"] for r in runs} == {"trn789"}
     assert {r["config"]["train_run"] for r in runs} == {str(train)}
-    assert len({r["run"].run_id for r in runs}) == 2
-    assert [r["run"].display_name for r in runs] == [f"{sweep.name}/0", f"{sweep.name}/1"]
+    assert len({r["id"] for r in runs}) == 2
+    assert [r["name"] for r in runs] == [f"{sweep.name}/0", f"{sweep.name}/1"]
     assert all("diffusion/psnr_mean" in r["summary"] for r in runs)
     assert all((job / "reconstruction" / "test_metrics.csv").is_file() for job in jobs)
+    # the listing a user reads before `wandb sync`: both runs under the sweep, in job order
+    listed = list_runs(sweep)
+    assert [r["name"] for _, r in listed] == [r["name"] for r in runs]
+    assert listed[0][1]["config"] == runs[0]["config"]
 
 
 def test_a_failing_wandb_keeps_the_evaluation(tmp_path, monkeypatch, caplog):

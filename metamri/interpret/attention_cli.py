@@ -22,13 +22,11 @@ from omegaconf import DictConfig
 
 from metamri.errors import ConfigError
 from metamri.utils.cli import hydra_task
-from metamri.utils.hydra import register_resolvers
+from metamri.utils.hydra import CONF_DIR, register_resolvers
 
 log = logging.getLogger(__name__)
 register_resolvers()
 
-#: The repository's conf/ (absolute: the app is started through metamri.interpret's dispatcher).
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def pick_slice(dataset: Any, fname: str | None, slice_index: int | None) -> int:

@@ -25,23 +25,19 @@ from typing import Any
 
 import hydra
 import numpy as np
+import pandas as pd
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 from metamri.errors import ConfigError
 from metamri.utils.cli import hydra_task
-from metamri.utils.hydra import register_resolvers
+from metamri.utils.hydra import CONF_DIR, plain, register_resolvers
 
 log = logging.getLogger(__name__)
 register_resolvers()
 
 IMAGES = ("reference", "zero_filled")
-#: The repository's conf/ (absolute: the app is started through metamri.interpret's dispatcher).
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -55,10 +51,10 @@ def _validate(cfg: DictConfig) -> None:
     checks.integer(cfg.n_noise, "n_noise", minimum=1)
     checks.integer(cfg.flag_rank, "flag_rank", minimum=1)
     checks.integer(cfg.n_boot, "n_boot", minimum=1)
-    ts = _plain(cfg.timestep_grid)
+    ts = plain(cfg.timestep_grid)
     if not isinstance(ts, list) or not ts:
         raise ConfigError("timestep_grid", ts, "must be a non-empty list of integer timesteps")
-    cands = _plain(cfg.get("candidates"))
+    cands = plain(cfg.get("candidates"))
     if cands is not None and not isinstance(cands, list):
         raise ConfigError("candidates", cands, "must be a list of values or null")
     if cfg.get("max_slices") is not None:
@@ -111,7 +107,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from metamri.analysis.information import measuring
     from metamri.interpret import consistency as cons
     from metamri.priors import load_prior
-    from metamri.utils.io import write_json_atomic, write_text_atomic
     from metamri.validation import check_device
 
     _validate(cfg)
@@ -120,38 +115,37 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     module = load_prior(cfg.prior).to(device)
-    timesteps = cons.check_timesteps(_plain(cfg.timestep_grid), module.num_train_timesteps)
+    timesteps = cons.check_timesteps(plain(cfg.timestep_grid), module.num_train_timesteps)
     kw = {"timesteps": timesteps, "n_noise": int(cfg.n_noise), "seed": int(cfg.seed)}
     out_dir = Path(str(cfg.out_dir))
     settings = {"prior": str(cfg.prior), "field": field, "timesteps": timesteps, "n_noise": int(cfg.n_noise),
                 "seed": int(cfg.seed), "flag_rank": int(cfg.flag_rank)}
-    inputs = _plain(cfg.get("inputs"))
+    inputs = plain(cfg.get("inputs"))
     if inputs is not None:
         files = [Path(str(p)) for p in (inputs if isinstance(inputs, list) else [inputs])]
-        cands = _plain(cfg.get("candidates")) or _default_candidates(module, field)
+        cands = plain(cfg.get("candidates")) or _default_candidates(module, field)
         verdicts, rows = [], []
-        for path in files:
-            for key, meta, image in _file_images(path, cfg):
-                stated = getattr(meta, field)
-                if stated is None:
-                    raise ConfigError("field", field, f"{path}: the header states no {field}",
-                                      hint="rank a field the file's header holds")
-                ranked = cons.candidates_with(stated, cands, field)
-                with measuring(module):
+        with measuring(module):
+            for path in files:
+                for key, meta, image in _file_images(path, cfg):
+                    stated = getattr(meta, field)
+                    if stated is None:
+                        raise ConfigError("field", field, f"{path}: the header states no {field}",
+                                          hint="rank a field the file's header holds")
+                    ranked = cons.candidates_with(stated, cands, field)
                     losses = cons.candidate_losses(module, image, meta, field, ranked, key=key, **kw)
-                v = cons.verdict(key, field, stated, ranked, losses, int(cfg.flag_rank))
-                print(v.line())
-                verdicts.append({"key": key, "stated": stated, "rank": v.rank, "of": len(ranked),
-                                 "best": v.best, "flagged": v.flagged})
-                rows += [f"{key},{c},{loss!r}" for c, loss in zip(ranked, losses, strict=True)]
+                    v = cons.verdict(key, field, stated, ranked, losses, int(cfg.flag_rank))
+                    print(v.line())
+                    verdicts.append({"key": key, "stated": stated, "rank": v.rank, "of": len(ranked),
+                                     "best": v.best, "flagged": v.flagged})
+                    rows += [{"key": key, "candidate": c, "loss": float(x)} for c, x in zip(ranked, losses, strict=True)]
         summary = {**settings, "mode": "file", "image": "zero_filled", "inputs": [str(f) for f in files],
                    "verdicts": verdicts, "flagged": sum(v["flagged"] for v in verdicts)}
-        write_text_atomic(out_dir / "consistency.csv", "key,candidate,loss\n" + "\n".join(rows) + "\n")
-        write_json_atomic(out_dir / "consistency.json", summary)
+        _write(out_dir, pd.DataFrame(rows, columns=["key", "candidate", "loss"]), summary)
         return summary
 
     samples, images = _split_images(cfg)
-    cands = _plain(cfg.get("candidates")) or sorted({getattr(s.metadata, field) for s in samples} - {None})
+    cands = plain(cfg.get("candidates")) or sorted({getattr(s.metadata, field) for s in samples} - {None})
     frame = cons.split_losses(module, samples, field, cands, images=images, **kw)
     units = _units(cfg, [str(s.fname) for s in samples])
     r = cons.rates(frame, int(cfg.flag_rank), units, n_boot=int(cfg.n_boot), seed=int(cfg.seed))
@@ -164,17 +158,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                "n_wrong_headers": r.n_wrong, "n_patients": r.n_units,
                "false_alarm": interval(r.false_alarm), "detection": interval(r.detection),
                "confusion_lowest_loss": r.confusion}
-    with_csv = out_dir / "consistency.csv"
-    from metamri.utils.io import atomic_output
-
-    with atomic_output(with_csv) as tmp:
-        frame.to_csv(tmp, index=False)
-    write_json_atomic(out_dir / "consistency.json", summary)
+    csv = _write(out_dir, frame, summary)
     print(f"consistency of {field} on {r.n_slices} {cfg.domain} slices of {cfg.split} ({r.n_units} patients, "
           f"image {cfg.image}): false alarms {r.false_alarm.estimate:.1%} [{r.false_alarm.lo:.1%}, "
           f"{r.false_alarm.hi:.1%}] of true headers; detection {r.detection.estimate:.1%} "
-          f"[{r.detection.lo:.1%}, {r.detection.hi:.1%}] of {r.n_wrong} wrong headers -> {with_csv}")
+          f"[{r.detection.lo:.1%}, {r.detection.hi:.1%}] of {r.n_wrong} wrong headers -> {csv}")
     return summary
+
+
+def _write(out_dir: Path, frame: pd.DataFrame, summary: dict[str, Any]) -> Path:
+    """``consistency.csv`` (the frame) and ``consistency.json`` (the summary), atomically."""
+    from metamri.utils.io import atomic_output, write_json_atomic
+
+    csv = out_dir / "consistency.csv"
+    with atomic_output(csv) as tmp:
+        frame.to_csv(tmp, index=False)
+    write_json_atomic(out_dir / "consistency.json", summary)
+    return csv
 
 
 def _split_images(cfg: DictConfig) -> tuple[list[Any], list[np.ndarray] | None]:
@@ -191,7 +191,7 @@ def _split_images(cfg: DictConfig) -> tuple[list[Any], list[np.ndarray] | None]:
         datamodule.prepare_data()
     zf = cfg.image == "zero_filled"
     dataset = datamodule.eval_dataset(str(cfg.split), str(cfg.domain), load_maps=zf)
-    chosen = select_items(dataset, _plain(cfg.get("items_per_volume")))
+    chosen = select_items(dataset, plain(cfg.get("items_per_volume")))
     if cfg.get("max_slices") is not None:
         chosen = chosen[: int(cfg.max_slices)]
     if not chosen:
@@ -214,7 +214,7 @@ def _split_images(cfg: DictConfig) -> tuple[list[Any], list[np.ndarray] | None]:
 def _units(cfg: DictConfig, fnames: list[str]) -> np.ndarray:
     from metamri.report.tables import BootstrapSpec
 
-    return BootstrapSpec(units=tuple(_plain(cfg.get("units")) or ())).unit_of(fnames)
+    return BootstrapSpec(units=tuple(plain(cfg.get("units")) or ())).unit_of(fnames)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="interpret_consistency", version_base="1.3")

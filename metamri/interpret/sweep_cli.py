@@ -24,25 +24,16 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 from metamri.errors import ConfigError
 from metamri.utils.cli import hydra_task
-from metamri.utils.hydra import register_resolvers
+from metamri.utils.hydra import CONF_DIR, plain, register_resolvers
 
 log = logging.getLogger(__name__)
 register_resolvers()
 
-#: The repository's conf/, absolute: the app is started through metamri.interpret's dispatcher,
-#: and Hydra resolves a relative ``../../conf`` from an imported module as a Python package
-#: above ``metamri`` ("Primary config module 'conf' not found").
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def _number(cfg: DictConfig, key: str, *, low: float | None = None, high: float | None = None,
@@ -68,7 +59,7 @@ def validate_sweep(cfg: DictConfig) -> None:
                                "or a diffusers directory)")
     if not Path(str(prior)).expanduser().exists():
         raise ConfigError("prior", str(prior), "no such checkpoint file or directory")
-    values = _plain(cfg.get("values"))
+    values = plain(cfg.get("values"))
     check_settings(cfg.get("field"), values, cfg.get("t_start"), cfg.get("steps"), cfg.get("base_contrast"))
     get_preset(cfg.get("preset"), "preset")
     _number(cfg, "base_field_strength", low=0.0, what="a positive number (tesla)")
@@ -99,7 +90,7 @@ def sweep(cfg: DictConfig):
     device = check_device(cfg.get("device", "auto"))
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
-    values = _plain(cfg.get("values"))
+    values = plain(cfg.get("values"))
     module = load_prior(cfg.prior)
     t_total = int(getattr(module, "num_train_timesteps", None)
                   or module.noise_scheduler.config.num_train_timesteps)

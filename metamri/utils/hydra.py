@@ -5,11 +5,22 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+#: The repository's conf/, absolute. For apps started through a dispatcher
+#: (``python -m metamri.interpret <command>``): Hydra resolves a relative ``config_path`` of
+#: an imported module as a Python package, and finds no ``conf`` package.
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def plain(value: Any) -> Any:
+    """A Hydra/OmegaConf node as plain Python containers (resolved); anything else as is."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def register_resolvers() -> None:

@@ -64,7 +64,13 @@ ARMS: dict[str, list[str]] = {
     "lora": ["+experiment=lora", "data=study"],
     "text_mixed": ["+experiment=contextmri", "data=study_mixed", "wandb_group=text_mixed",
                    "tags=[contextmri,text,ood]"],
+    # beyond the paper (issue 11): the additive arm with a learned numeric encoding (an MLP of
+    # the normalised value) in place of the sinusoidal one; everything else as ``additive``
+    "additive_learned": ["+experiment=additive", "data=study", "encoder.finegrained.numeric_encoding=learned",
+                         "tags=[additive,finegrained,learned_numeric]"],
 }
+#: Arms outside the paper's Table 1 (their own tables; evaluated at 4x and 8x like the others).
+EXTRA_ARMS = ("text_mixed", "additive_learned")
 
 #: Evaluation settings common to every run of a domain.
 COMMON_EVAL = ["split=test", "lpips=true", "batch_size=16"]
@@ -73,6 +79,8 @@ CARDIAC_EVAL = ["data=study_mixed", "domain=cardiac", "items_per_volume=4"]
 #: 8x at 64 px: the paper's centre fraction (0.08: 5 lines) without the 8-line floor,
 #: which would leave no line to draw at random (8x = 8 lines).
 ACCEL = {"x4": ["mask.acceleration=4"], "x8": ["mask.acceleration=8", "mask.min_center_lines=0"]}
+#: The speed-quality frontier's step counts below the paper's 100.
+FEW_STEPS = (10, 20, 25, 50)
 FIELDS = ("anatomy", "contrast", "sequence", "slice", "tr", "te", "ti", "flip_angle")
 #: Robustness to bad headers (the ``robustness`` table): name -> the metadata corruption
 #: (conf/reconstruction/default.yaml ``corrupt``; drawn per volume, seed 0).
@@ -151,13 +159,15 @@ def eval_stage(name: str, arm: str, extra: list[str], domain_args: list[str] = B
     return Stage(f"eval/{name}", "eval", args, [run / "reconstruction" / f"{split}_metrics.csv"])
 
 
-def sweep_stage(name: str, arm: str, key: str, values: list[str], extra: list[str]) -> Stage:
-    """A Hydra multirun over ``key`` (one W&B run per value, in one group)."""
+def sweep_stage(name: str, arm: str, key: str, values: list[str], extra: list[str], prefix: str = "s") -> Stage:
+    """A Hydra multirun over ``key`` (one W&B run per value, in one group); value v's run
+    goes to ``<name>/<prefix><v>``."""
     sweep = EVAL_ROOT / name
+    sub = prefix + "${" + key + "}"
     args = ["-m", f"prior={prior_of(arm)}", *COMMON_EVAL, *BRAIN_EVAL, *extra,
             f"{key}={','.join(values)}", f"hydra.sweep.dir={sweep}",
-            f"hydra.sweep.subdir=s{'${' + key + '}'}", f"wandb.name={name}/s{'${' + key + '}'}"]
-    done = [sweep / f"s{v}" / "reconstruction" / "test_metrics.csv" for v in values]
+            f"hydra.sweep.subdir={sub}", f"wandb.name={name}/{sub}"]
+    done = [sweep / f"{prefix}{v}" / "reconstruction" / "test_metrics.csv" for v in values]
     return Stage(f"eval/{name}", "eval", args, done)
 
 
@@ -177,7 +187,7 @@ def plan() -> list[Stage]:
     for acc, acc_args in ACCEL.items():
         # Table 1 (and 5: ood_additive vs ood_low_noise): every prior, CFG 1, one sample
         stages.append(eval_stage(f"{acc}/baselines", "base", [*acc_args, "methods=[zero_filled,cs]"]))
-        for arm in ("base", *[a for a in ARMS if a != "text_mixed"]):
+        for arm in ("base", *[a for a in ARMS if a not in EXTRA_ARMS]):
             stages.append(eval_stage(f"{acc}/{arm}", arm, [*acc_args, *diffusion_only]))
     x4 = [*ACCEL["x4"], *diffusion_only]
     # Table 2: CFG sweep of OOD + additive (1 is x4/ood_additive)
@@ -194,6 +204,14 @@ def plan() -> list[Stage]:
     stages.append(eval_stage("cardiac/baselines", "base", [*card, "methods=[zero_filled,cs]"], CARDIAC_EVAL))
     for arm in ("ood_additive", "text_mixed", "base"):
         stages.append(eval_stage(f"cardiac/{arm}", arm, [*card, *diffusion_only], CARDIAC_EVAL))
+    # Speed-quality frontier (issue 13): fewer sampler steps (100 is x4/ood_additive) and K = 2
+    # (1 and 5 are x4/ood_additive and x4/ood_additive_k5), the same 57 test slices
+    stages.append(sweep_stage("x4/steps", "ood_additive", "sampler.num_steps", [str(n) for n in FEW_STEPS], x4,
+                              prefix="n"))
+    stages.append(eval_stage("x4/ood_additive_k2", "ood_additive", [*x4, "ensemble=2"]))
+    # Learned vs sinusoidal numeric encoding (issue 11): additive_learned against additive
+    for acc, acc_args in ACCEL.items():
+        stages.append(eval_stage(f"{acc}/additive_learned", "additive_learned", [*acc_args, *diffusion_only]))
     # Robustness: OOD + additive at 4x (as x4/ood_additive) with corrupted metadata; last, so the
     # paper's tables come first
     for name, corrupt in ROBUSTNESS.items():

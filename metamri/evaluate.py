@@ -58,10 +58,13 @@ register_resolvers()
 def load_prior_of(cfg: DictConfig):
     """The prior named by ``cfg.prior`` (or the deprecated ``cfg.ckpt_path``)."""
     from metamri.evaluation.builder import prior_path
+    from metamri.models.performance import Performance
     from metamri.priors import load_prior
 
     key = "prior" if cfg.get("prior") or not cfg.get("ckpt_path") else "ckpt_path"
-    return load_prior(prior_path(cfg), key=key)
+    module = load_prior(prior_path(cfg), key=key)
+    Performance.from_config(cfg.get("performance")).prepare(module.unet)
+    return module
 
 
 #: Data keys that do not change an evaluation's rows (left out of its fingerprint).
@@ -97,6 +100,9 @@ def evaluation_fingerprint(cfg: DictConfig) -> dict:
         warnings.simplefilter("ignore", DeprecationWarning)
         prior = prior_path(cfg) if "diffusion" in (out.get("methods") or []) else None
     out["prior"] = file_fingerprint(prior)
+    precision = (plain(cfg.get("performance")) or {}).get("precision", "fp32")
+    if precision != "fp32":  # changes the numbers; fp32 is left out so older progress still resumes
+        out["precision"] = precision
     return out
 
 

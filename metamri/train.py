@@ -23,6 +23,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from metamri.models.performance import Performance
 from metamri.trust import read_checkpoint
 from metamri.utils.cli import hydra_task
 from metamri.utils.hydra import instantiate_dict, register_resolvers
@@ -58,6 +59,7 @@ def train(cfg: DictConfig) -> float | None:
 
     log.info("Instantiating module <%s>", cfg.module._target_)
     module: L.LightningModule = instantiate(cfg.module)
+    Performance.from_config(cfg.get("performance")).prepare(module.unet)  # TF32, channels-last, compile
 
     callbacks = instantiate_dict(cfg.get("callbacks"), "callback")
     loggers = instantiate_dict(cfg.get("logger"), "logger")

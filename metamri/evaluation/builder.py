@@ -178,6 +178,7 @@ def build_reconstructor(cfg: Any, module: Any = None, *, methods: Sequence[str] 
     """
     from metamri.evaluation.reconstructor import Reconstructor
     from metamri.metadata.corruption import MetadataCorruption
+    from metamri.models.performance import Performance
     from metamri.preprocess.espirit import EspiritParams
 
     methods = tuple(str(m) for m in (methods if methods is not None else _plain(_get(cfg, "methods"))
@@ -204,4 +205,5 @@ def build_reconstructor(cfg: Any, module: Any = None, *, methods: Sequence[str] 
         espirit=EspiritParams.from_config(_get(cfg, "espirit")),
         scaling=str(_get(cfg, "scaling", "reference")),
         corruption=MetadataCorruption.from_config(_get(cfg, "corrupt")),
+        performance=Performance.from_config(_plain(_get(cfg, "performance"))),
     )

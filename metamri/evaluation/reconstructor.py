@@ -75,6 +75,7 @@ from metamri.data.sample import ImageSample
 from metamri.errors import ConfigError
 from metamri.metadata import Metadata, MetadataCorruption
 from metamri.metrics.table import MetricRow, MetricTable
+from metamri.models.performance import Performance
 from metamri.physics.masks import describe_mask, effective_acceleration
 from metamri.physics.sense import SenseOperator
 from metamri.preprocess.espirit import EspiritParams
@@ -167,6 +168,8 @@ class Reconstructor:
         cs: Keyword arguments of :func:`~metamri.recon.baselines.compressed_sensing`
             (``lamda``, ``n_iter``, ``backend``, ``wavelet``).
         use_ema: Sample with the module's EMA weights (default True).
+        performance: How the UNet runs (:class:`~metamri.models.performance.Performance`:
+            autocast precision, channels-last); ``None``: float32 as is.
         coil_maps: ``"fully_sampled"`` or ``"calibration"`` (see the module docstring).
         espirit: ESPIRiT parameters for ``coil_maps="calibration"``.
         scaling: ``"reference"`` or ``"measured"`` (see the module docstring).
@@ -190,6 +193,7 @@ class Reconstructor:
         espirit: EspiritParams | None = None,
         scaling: str = "reference",
         corruption: MetadataCorruption | None = None,
+        performance: Performance | None = None,
     ) -> None:
         if coil_maps not in COIL_MAPS:
             raise ConfigError("coil_maps", coil_maps, f"choose one of {list(COIL_MAPS)}")
@@ -214,6 +218,7 @@ class Reconstructor:
         # validate the names now (Metadata.without/only raise on unknown fields)
         Metadata().only(self.keep_fields or ()).without(self.drop_fields)
         self.corruption = corruption if corruption is not None else MetadataCorruption()
+        self.performance = performance if performance is not None else Performance()
         self.base_seed = int(base_seed)
         self.cs = dict(cs or {})
         self.use_ema = bool(use_ema)
@@ -244,6 +249,8 @@ class Reconstructor:
                 out["keep_fields"] = list(self.keep_fields)
             if self.corruption.active:
                 out["corrupt"] = self.corruption.to_dict()
+            if self.performance.precision != "fp32":  # fp32 adds nothing (older results match)
+                out["precision"] = self.performance.precision
         return out
 
     # -- pieces ------------------------------------------------------------------------------
@@ -297,7 +304,7 @@ class Reconstructor:
                 seeds = [s for k in keys for s in ensemble_seeds(k.slice_id, self.ensemble, self.base_seed)]
                 line_masks = torch.from_numpy(np.asarray(mask, dtype=bool)).reshape(len(keys), 1, -1)
                 return ensemble_sample(
-                    self.sampler, module.eps_from_context, y.to(device), maps.to(device),
+                    self.sampler, self.performance.wrap(module.eps_from_context), y.to(device), maps.to(device),
                     line_masks.to(device), cond, uncond, self.ensemble, seeds,
                 )
         finally:

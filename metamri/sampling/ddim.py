@@ -95,6 +95,8 @@ class DDIMSampler:
             diffusers' default DDPM schedule (linear betas, T = 1000), the model's.
         clip_x0: if set, clamp each x0_hat to [-clip_x0, clip_x0] (ContextMRI's generation
             clamps to 4); ``None`` leaves it alone.
+        profile: synchronise a CUDA device around the timed sections (see
+            :class:`~metamri.sampling.dds.DecomposedDiffusionSampler`).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class DDIMSampler:
         timestep_spacing: str = "leading",
         alphas_cumprod: torch.Tensor | Sequence[float] | None = None,
         clip_x0: float | None = None,
+        profile: bool = False,
     ) -> None:
         check_sampler_args(num_steps, eta, guidance_scale)
         ab = default_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
@@ -112,6 +115,7 @@ class DDIMSampler:
         self.num_steps, self.eta = int(num_steps), float(eta)
         self.guidance_scale = float(guidance_scale)
         self.clip_x0 = clip_x0
+        self.profile = bool(profile)
 
     @torch.no_grad()
     def sample(
@@ -139,7 +143,7 @@ class DDIMSampler:
             :class:`SampleResult` with ``image`` complex (B, H, W).
         """
         device = torch.device(device)
-        timer = StepTimer(device)
+        timer = StepTimer(device, synchronize=self.profile)
         denoiser = GuidedDenoiser(eps_fn, cond_ctx, uncond_ctx, self.guidance_scale)
         x = initial_noise(shape, generators, x_init, dtype, device)
         x0 = x

@@ -30,10 +30,8 @@ def randn_per_sample(
 
     The only Python loop over batch elements in the samplers: one ``randn`` per element.
     """
+    rows = [torch.randn(tuple(shape), generator=g, dtype=dtype, device=g.device) for g in generators]
     device = torch.device(device)
-    if all(g.device == device for g in generators):
-        return torch.stack([torch.randn(tuple(shape), generator=g, dtype=dtype, device=device) for g in generators])
-    noise = torch.stack([torch.randn(tuple(shape), generator=g, dtype=dtype, device=g.device) for g in generators])
-    if device.type == "cuda" and noise.device.type == "cpu":
-        return noise.pin_memory().to(device, non_blocking=True)
-    return noise.to(device)
+    if device.type == "cuda" and all(r.device.type == "cpu" for r in rows):
+        return torch.stack(rows).pin_memory().to(device, non_blocking=True)
+    return torch.stack([r.to(device) for r in rows])

@@ -155,3 +155,48 @@ def test_a_bad_setting_is_one_line_and_no_output(tiny_prior, tmp_path):
     unknown = subprocess.run([sys.executable, "-m", "metamri.interpret", "explain"], capture_output=True,
                              text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
     assert unknown.returncode == 2 and "choose one of ['attention', 'consistency', 'sweep']" in unknown.stderr
+
+
+def test_the_undersampled_image_is_the_adjoint_or_the_cs_reconstruction():
+    """``image=zero_filled`` scores ``A^H A x`` exactly as before; ``image=cs`` the CS baseline's image."""
+    from omegaconf import OmegaConf
+
+    from metamri.interpret.consistency_cli import _undersampled_image
+    from metamri.physics.masks import Uniform1D
+    from metamri.physics.sense import SenseOperator
+    from metamri.recon.baselines import compressed_sensing
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 32, 2, generator=g).double()
+    x = torch.view_as_complex(x).to(torch.complex64)
+    maps = torch.view_as_complex(torch.randn(4, 32, 32, 2, generator=g)).to(torch.complex64)
+    maps = maps / maps.abs().square().sum(0, keepdim=True).sqrt()
+    mask = torch.from_numpy(np.asarray(Uniform1D(acceleration=4)((32, 32), seed=0), dtype=bool))
+    op = SenseOperator(maps, mask)
+    y = op.A(x)[0]
+    zf = _undersampled_image(y.numpy(), maps.numpy(), mask.numpy(), OmegaConf.create({"image": "zero_filled"}))
+    np.testing.assert_allclose(zf, op.A_adjoint(op.A(x))[0].numpy(), atol=1e-6)
+    cs_cfg = {"lamda": 0.01, "n_iter": 20, "backend": "sigpy", "wavelet": "db2", "cycle_spinning": False}
+    cs = _undersampled_image(y.numpy(), maps.numpy(), mask.numpy(), OmegaConf.create({"image": "cs", "cs": cs_cfg}))
+    np.testing.assert_allclose(cs, compressed_sensing(y.numpy(), maps.numpy(), mask.numpy(), **cs_cfg), atol=1e-6)
+    assert np.abs(cs - zf).max() > 1e-2  # the CS image is another image, not the adjoint again
+
+
+def test_file_mode_scores_the_cs_image_and_refuses_the_reference(tiny_data, tiny_prior, tmp_path):
+    src = sorted((tiny_data["raw"] / "brain").rglob("*.h5"))[0]
+    common = [f"prior={tiny_prior}", f"inputs={src}", "timestep_grid=[100]", "n_noise=1",
+              "candidates=[AXT1,AXT2]", "espirit.backend=sigpy", "espirit.calib_size=12",
+              "cs.backend=sigpy", "cs.n_iter=10"]
+    runs = {}
+    for image in ("zero_filled", "cs"):
+        out = tmp_path / image
+        proc = run_cli(*common, f"image={image}", f"out_dir={out}", f"hydra.run.dir={tmp_path / ('run_' + image)}",
+                       cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads((out / "consistency.json").read_text())["image"] == image
+        runs[image] = pd.read_csv(out / "consistency.csv")["loss"].to_numpy()
+    assert not np.allclose(runs["cs"], runs["zero_filled"])  # another image was scored
+    bad = run_cli(*common, "image=reference", f"out_dir={tmp_path / 'ref'}", f"hydra.run.dir={tmp_path / 'r'}",
+                  cwd=tmp_path)
+    assert bad.returncode == 2 and "image" in bad.stderr and "file mode" in bad.stderr
+    assert not (tmp_path / "ref").exists()

@@ -7,12 +7,13 @@ Thin on purpose (keys in ``conf/interpret_consistency.yaml``; what is measured i
   (seeded by the file name; a file's own mask is used when it has one), prepared as
   :mod:`metamri.reconstruct` prepares measured data (ESPIRiT maps from the calibration
   region, k-space divided by the p99 of the zero-filled image), and its zero-filled image
-  ``A^H y`` is scored; one verdict line per slice.
+  ``A^H y`` (``image=zero_filled``) or its compressed-sensing reconstruction (``image=cs``,
+  the ``cs`` block) is scored; one verdict line per slice.
 * ``inputs=null`` (split mode): the ``split`` / ``domain`` dataset of ``data``, the central
   ``items_per_volume`` slices of each volume as the study's evaluation takes them, scored on
-  the fully sampled image (``image=reference``) or its zero-filled version under ``mask``
-  (``image=zero_filled``, re-normalised to p99 = 1); then the false-alarm and detection
-  rates with patient-bootstrap intervals.
+  the fully sampled image (``image=reference``), or the zero-filled image (``image=zero_filled``)
+  or CS reconstruction (``image=cs``) of its k-space undersampled by ``mask``, re-normalised
+  to p99 = 1; then the false-alarm and detection rates with patient-bootstrap intervals.
 
 Writes ``<out_dir>/consistency.csv`` and ``consistency.json`` atomically.
 """
@@ -36,8 +37,10 @@ from metamri.utils.hydra import CONF_DIR, plain, register_resolvers
 log = logging.getLogger(__name__)
 register_resolvers()
 
-IMAGES = ("reference", "zero_filled")
-
+IMAGES = ("reference", "zero_filled", "cs")
+#: the images a file's undersampled slices can give (a file holds no fully sampled reference
+#: the prior could be shown without its mask)
+FILE_IMAGES = ("zero_filled", "cs")
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -46,8 +49,14 @@ def _validate(cfg: DictConfig) -> None:
     from metamri.utils import checks
 
     check_field(str(cfg.field))
-    if cfg.get("image") not in IMAGES:
-        raise ConfigError("image", cfg.get("image"), f"choose one of {list(IMAGES)}")
+    allowed = IMAGES if cfg.get("inputs") is None else FILE_IMAGES
+    if cfg.get("image") not in allowed:
+        raise ConfigError("image", cfg.get("image"), f"choose one of {list(allowed)}"
+                          + ("" if cfg.get("inputs") is None else " with inputs= (file mode)"))
+    if cfg.get("image") == "cs":
+        from metamri.evaluation.builder import cs_kwargs
+
+        cs_kwargs(cfg.get("cs"))
     checks.integer(cfg.n_noise, "n_noise", minimum=1)
     checks.integer(cfg.flag_rank, "flag_rank", minimum=1)
     checks.integer(cfg.n_boot, "n_boot", minimum=1)
@@ -61,14 +70,27 @@ def _validate(cfg: DictConfig) -> None:
         checks.integer(cfg.max_slices, "max_slices", minimum=1)
 
 
+def _undersampled_image(y, maps, mask, cfg: DictConfig) -> np.ndarray:
+    """The ``image`` of undersampled k-space: ``A^H y`` or its CS reconstruction, complex64 (H, W).
+
+    ``y``, ``maps``: complex (C, H, W); ``mask``: bool (W,) or (H, W).
+    """
+    from metamri.evaluation.builder import cs_kwargs
+    from metamri.recon.baselines import compressed_sensing, zero_filled
+
+    y, maps = np.asarray(y, dtype=np.complex64), np.asarray(maps, dtype=np.complex64)
+    if cfg.image == "cs":
+        return compressed_sensing(y, maps, np.asarray(mask), **cs_kwargs(cfg.get("cs"))).astype(np.complex64)
+    return np.asarray(zero_filled(y, maps, np.asarray(mask)), dtype=np.complex64)
+
+
 def _file_images(path: Path, cfg: DictConfig) -> list[tuple[str, Any, np.ndarray]]:
-    """``(key, metadata, zero-filled image float32 (2, H, W))`` of every slice of a file."""
+    """``(key, metadata, image float32 (2, H, W))`` of every slice of a file (``image``: zero-filled or CS)."""
     from metamri.data.readers import open_volume
     from metamri.evaluation.builder import build_mask
     from metamri.preprocess.espirit import EspiritParams
     from metamri.preprocess.measured import check_kspace_shape, prepare_slice
     from metamri.preprocess.mvue import to_two_channel
-    from metamri.recon.baselines import zero_filled
 
     espirit = EspiritParams.from_config(cfg.get("espirit"))
     mask_fn = build_mask(cfg.mask)
@@ -80,7 +102,7 @@ def _file_images(path: Path, cfg: DictConfig) -> list[tuple[str, Any, np.ndarray
         mask = (np.asarray(item.mask) != 0 if item.mask is not None
                 else np.asarray(mask_fn(kspace.shape[-2:], seed=path.name), dtype=bool))
         m = prepare_slice(kspace, mask, item.recon_size, espirit, path=path, where=where)
-        image = zero_filled(m.y, m.maps, m.mask)
+        image = _undersampled_image(m.y, m.maps, m.mask, cfg)
         frame = -1 if item.frame is None else int(item.frame)
         out.append((f"{path.name}|{int(item.slice_index)}|{frame}", item.metadata,
                     to_two_channel(np.asarray(image))))
@@ -139,7 +161,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     verdicts.append({"key": key, "stated": stated, "rank": v.rank, "of": len(ranked),
                                      "best": v.best, "flagged": v.flagged})
                     rows += [{"key": key, "candidate": c, "loss": float(x)} for c, x in zip(ranked, losses, strict=True)]
-        summary = {**settings, "mode": "file", "image": "zero_filled", "inputs": [str(f) for f in files],
+        summary = {**settings, "mode": "file", "image": str(cfg.image), "inputs": [str(f) for f in files],
                    "verdicts": verdicts, "flagged": sum(v["flagged"] for v in verdicts)}
         _write(out_dir, pd.DataFrame(rows, columns=["key", "candidate", "loss"]), summary)
         return summary
@@ -178,7 +200,7 @@ def _write(out_dir: Path, frame: pd.DataFrame, summary: dict[str, Any]) -> Path:
 
 
 def _split_images(cfg: DictConfig) -> tuple[list[Any], list[np.ndarray] | None]:
-    """The split's chosen samples and, for ``image=zero_filled``, their zero-filled images."""
+    """The split's chosen samples and, unless ``image=reference``, their undersampled images."""
     from hydra.utils import instantiate
 
     from metamri.evaluation.builder import build_mask
@@ -189,15 +211,15 @@ def _split_images(cfg: DictConfig) -> tuple[list[Any], list[np.ndarray] | None]:
     datamodule = instantiate(cfg.data)
     if cfg.get("prepare_data", True):
         datamodule.prepare_data()
-    zf = cfg.image == "zero_filled"
-    dataset = datamodule.eval_dataset(str(cfg.split), str(cfg.domain), load_maps=zf)
+    undersampled = cfg.image != "reference"
+    dataset = datamodule.eval_dataset(str(cfg.split), str(cfg.domain), load_maps=undersampled)
     chosen = select_items(dataset, plain(cfg.get("items_per_volume")))
     if cfg.get("max_slices") is not None:
         chosen = chosen[: int(cfg.max_slices)]
     if not chosen:
         raise ConfigError("split", cfg.split, f"holds no {cfg.domain} slices", hint="check the data and domain")
     samples = [dataset[i] for i in chosen]
-    if not zf:
+    if not undersampled:
         return samples, None
     mask_fn = build_mask(cfg.mask)
     images = []
@@ -205,8 +227,8 @@ def _split_images(cfg: DictConfig) -> tuple[list[Any], list[np.ndarray] | None]:
         x = torch.from_numpy(from_two_channel(s.image))
         maps = torch.as_tensor(np.asarray(s.maps, dtype=np.complex64))
         mask = torch.from_numpy(np.asarray(mask_fn(tuple(x.shape), seed=str(s.fname)), dtype=bool))
-        op = SenseOperator(maps, mask)
-        image = op.A_adjoint(op.A(x))[0].numpy()  # A^H y, (H, W) complex64
+        y = SenseOperator(maps, mask).A(x)[0]  # (C, H, W) complex64, the simulated measurement
+        image = _undersampled_image(y.numpy(), maps.numpy(), mask.numpy(), cfg)
         images.append(to_two_channel(p99_normalize(image)[0]))
     return samples, images
 

@@ -72,8 +72,9 @@ ARMS: dict[str, list[str]] = {
 #: Arms outside the paper's Table 1 (their own tables; evaluated at 4x and 8x like the others).
 EXTRA_ARMS = ("text_mixed", "additive_learned")
 
-#: Evaluation settings common to every run of a domain.
-COMMON_EVAL = ["split=test", "lpips=true", "batch_size=16"]
+#: Evaluation settings common to every run of a domain (the split is each stage's: test, but for
+#: the frontier's choice of a sampler variant, made on val).
+COMMON_EVAL = ["lpips=true", "batch_size=16"]
 BRAIN_EVAL = ["data=study", "domain=brain", "items_per_volume=1"]
 CARDIAC_EVAL = ["data=study_mixed", "domain=cardiac", "items_per_volume=4"]
 #: 8x at 64 px: the paper's centre fraction (0.08: 5 lines) without the 8-line floor,
@@ -81,6 +82,17 @@ CARDIAC_EVAL = ["data=study_mixed", "domain=cardiac", "items_per_volume=4"]
 ACCEL = {"x4": ["mask.acceleration=4"], "x8": ["mask.acceleration=8", "mask.min_center_lines=0"]}
 #: The speed-quality frontier's step counts below the paper's 100.
 FEW_STEPS = (10, 20, 25, 50)
+#: Lighter sampler variants at 25 steps (issue 13), declared before any of them ran: each
+#: changes one DDS setting of conf/sampler/dds.yaml. They are compared on the VALIDATION split
+#: against 100 steps there (``x4val/...``), so that the one carried to the test split is not
+#: chosen on the test slices.
+VARIANT_STEPS = 25
+SAMPLER_VARIANTS: dict[str, list[str]] = {
+    "trailing": ["sampler.timestep_spacing=trailing"],  # start at t = 999, end at 39 (not 960 .. 0)
+    "eta0.5": ["sampler.eta=0.5"],                      # less fresh noise per step
+    "eta1.0": ["sampler.eta=1.0"],                      # more
+    "cg10": ["sampler.cg_iters=10"],                    # twice the CG iterations per step
+}
 FIELDS = ("anatomy", "contrast", "sequence", "slice", "tr", "te", "ti", "flip_angle")
 #: Robustness to bad headers (the ``robustness`` table): name -> the metadata corruption
 #: (conf/reconstruction/default.yaml ``corrupt``; drawn per volume, seed 0).
@@ -154,7 +166,7 @@ def export_stage(arm: str) -> Stage:
 def eval_stage(name: str, arm: str, extra: list[str], domain_args: list[str] = BRAIN_EVAL,
                split: str = "test") -> Stage:
     run = EVAL_ROOT / name
-    args = [f"prior={prior_of(arm)}", *COMMON_EVAL, *domain_args, *extra,
+    args = [f"prior={prior_of(arm)}", f"split={split}", *COMMON_EVAL, *domain_args, *extra,
             f"hydra.run.dir={run}", f"wandb.name={name}"]
     return Stage(f"eval/{name}", "eval", args, [run / "reconstruction" / f"{split}_metrics.csv"])
 
@@ -164,7 +176,7 @@ def sweep_stage(name: str, arm: str, key: str, values: list[str], extra: list[st
     goes to ``<name>/<prefix><v>``."""
     sweep = EVAL_ROOT / name
     sub = prefix + "${" + key + "}"
-    args = ["-m", f"prior={prior_of(arm)}", *COMMON_EVAL, *BRAIN_EVAL, *extra,
+    args = ["-m", f"prior={prior_of(arm)}", "split=test", *COMMON_EVAL, *BRAIN_EVAL, *extra,
             f"{key}={','.join(values)}", f"hydra.sweep.dir={sweep}",
             f"hydra.sweep.subdir={sub}", f"wandb.name={name}/{sub}"]
     done = [sweep / f"{prefix}{v}" / "reconstruction" / "test_metrics.csv" for v in values]
@@ -209,6 +221,12 @@ def plan() -> list[Stage]:
     stages.append(sweep_stage("x4/steps", "ood_additive", "sampler.num_steps", [str(n) for n in FEW_STEPS], x4,
                               prefix="n"))
     stages.append(eval_stage("x4/ood_additive_k2", "ood_additive", [*x4, "ensemble=2"]))
+    # ... and the lighter variants at 25 steps, on val against val's own 100 and 25 steps
+    few = [*x4, f"sampler.num_steps={VARIANT_STEPS}"]
+    stages.append(eval_stage("x4val/n100", "ood_additive", x4, split="val"))
+    stages.append(eval_stage(f"x4val/n{VARIANT_STEPS}", "ood_additive", few, split="val"))
+    for name, overrides in SAMPLER_VARIANTS.items():
+        stages.append(eval_stage(f"x4val/n{VARIANT_STEPS}_{name}", "ood_additive", [*few, *overrides], split="val"))
     # Learned vs sinusoidal numeric encoding (issue 11): additive_learned against additive
     for acc, acc_args in ACCEL.items():
         stages.append(eval_stage(f"{acc}/additive_learned", "additive_learned", [*acc_args, *diffusion_only]))

@@ -46,6 +46,7 @@ bench: $(STAMP)  ## benchmarks; results are written to docs/benchmarks.md
 
 report: $(STAMP)  ## the study's tables, intervals and plots from committed outputs
 	$(PY) -m metamri.report manifest=experiments/study/tables.yaml out_dir=experiments/study/report
+	$(PY) -m metamri.report manifest=experiments/study/tables_val.yaml out_dir=experiments/study/report/val
 
 clean:  ## remove caches, logs and generated data (not the source)
 	rm -rf .pytest_cache .ruff_cache logs outputs multirun data/cache .make

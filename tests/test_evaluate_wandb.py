@@ -34,7 +34,12 @@ from metamri.evaluation.wandb_log import (
     train_run_dir,
     train_wandb_id,
 )
-from metamri.evaluation.wandb_offline import list_runs, read_offline_run
+from metamri.evaluation.wandb_offline import (
+    is_complete,
+    list_runs,
+    read_offline_run,
+    wait_until_complete,
+)
 from metamri.metrics import MetricTable
 from tests.test_evaluate import CONF, overrides
 from tests.test_reconstructor import make_module, save_checkpoint
@@ -203,6 +208,8 @@ def test_evaluate_logs_one_offline_run(tmp_path, tiny_prior):
     run_dir = tmp_path / out
     table = MetricTable.from_csv(run_dir / "reconstruction" / "test_metrics.csv")
     (wb_dir,) = offline_runs(run_dir)
+    # evaluate returns only once W&B's writer has closed the log (it ends with the exit record)
+    assert is_complete(wb_dir)
     got = read_offline_run(wb_dir)
 
     assert got["group"] == "tiny_contextmri" and got["job_type"] == "evaluate"
@@ -296,3 +303,19 @@ def test_disabled_wandb_touches_nothing_of_wandb(tmp_path, monkeypatch, caplog):
     assert value == value and not called
     assert not (tmp_path / "run" / "wandb").exists()
     assert not [r for r in caplog.records if "W&B" in r.getMessage()]
+
+
+def test_a_log_cut_before_its_exit_record_is_not_complete(tmp_path, tiny_prior):
+    evaluate(compose_cfg(*overrides(tmp_path, out="run", prior=str(tiny_prior), methods="[zero_filled]",
+                                    max_slices="1", **{"wandb.mode": "offline", "wandb.panels": "0"})))
+    (wb_dir,) = offline_runs(tmp_path / "run")
+    (log_file,) = wb_dir.glob("run-*.wandb")
+    data = log_file.read_bytes()
+    cut = tmp_path / "cut" / wb_dir.name
+    cut.mkdir(parents=True)
+    # the first 1000 bytes: the header and run records, no exit record (what a reader sees
+    # when it looks before W&B's writer has flushed)
+    (cut / log_file.name).write_bytes(data[:1000])
+    assert is_complete(wb_dir) and not is_complete(cut)
+    assert not wait_until_complete(cut, timeout_s=0.2)
+    assert not is_complete(tmp_path / "nowhere")

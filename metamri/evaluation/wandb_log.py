@@ -50,6 +50,7 @@ from typing import Any
 
 from metamri.errors import ConfigError
 from metamri.evaluation.builder import _get, _plain  # one reader of Hydra nodes and mappings
+from metamri.evaluation.wandb_offline import wait_until_complete
 from metamri.metrics.table import COLUMNS, METRICS, MetricTable
 
 log = logging.getLogger(__name__)
@@ -457,6 +458,9 @@ def log_evaluation(settings: WandbSettings, cfg: Any, evaluation: Any, run_dir: 
         step = "wandb.finish"
         run.finish()
         run = None
+        if settings.mode == "offline" and not wait_until_complete(local):
+            log.warning("W&B: the offline run %s was not closed 30 s after wandb.finish; "
+                        "check it with python -m metamri.evaluation.wandb_offline %s", local, local)
         log.info("W&B %s run %s (group %s) -> %s", settings.mode, config.get("prior") or "baselines",
                  group, local)
         return str(local)

@@ -18,6 +18,7 @@ import argparse
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,38 @@ def records(path: str | Path) -> list[bytes]:
             out.append(buf)
             buf = b""
     return out
+
+
+def is_complete(run_dir: str | Path) -> bool:
+    """Whether the offline run's log ends with its ``exit`` record, i.e. W&B's writer has
+    flushed and closed it (``wandb.finish`` can return a moment before it has)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    paths = list(Path(run_dir).glob("run-*.wandb"))
+    if len(paths) != 1:
+        return False
+    try:
+        raws = records(paths[0])
+    except (OSError, ValueError):
+        return False
+    if not raws:
+        return False
+    last = pb.Record()
+    try:
+        last.ParseFromString(raws[-1])
+    except Exception:  # a record cut by a write in progress
+        return False
+    return last.WhichOneof("record_type") == "exit"
+
+
+def wait_until_complete(run_dir: str | Path, timeout_s: float = 30.0, poll_s: float = 0.05) -> bool:
+    """Wait (at most ``timeout_s`` seconds) until :func:`is_complete`; returns whether it is."""
+    deadline = time.monotonic() + timeout_s
+    while not is_complete(run_dir):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+    return True
 
 
 def read_offline_run(run_dir: str | Path) -> dict[str, Any]:

@@ -576,8 +576,10 @@ def test_bootstrap_units_resample_patients_not_volumes(study, tmp_path):
     md = (tmp_path / "report" / "tables.md").read_text()
     add = md_row(md, "Table 1: brain test, 4x", "additive")
     assert add[6] == f"{np.mean(ADD_GAIN):+.2f} [n/a: a single unit]"
+    assert add[2] == "1"  # the count column counts units, not files
     zf = md_row(md, "Table 1: brain test, 4x", "zero-filled")  # two units: {a, b} and c
-    assert "n/a" not in zf[6]
+    assert "n/a" not in zf[6] and zf[2] == "2"
+    assert "| row | n slices | n units |" in md
     assert "resampling units (`^[ab]()` | `^(c)\\.h5` of fname)" in md and report.ok
     # the manifest's unit_label names them
     raw["bootstrap"]["unit_label"] = "patients"
@@ -585,6 +587,7 @@ def test_bootstrap_units_resample_patients_not_volumes(study, tmp_path):
     make_report(path, tmp_path / "labelled")
     md = (tmp_path / "labelled" / "tables.md").read_text()
     assert "resampling patients (`^[ab]()` | `^(c)\\.h5` of fname)" in md
+    assert "| row | n slices | n patients |" in md
 
     raw["bootstrap"]["units"] = [r"^[ab]()"]
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -495,7 +495,9 @@ def table_markdown(table: TableResult, png: str | None = None) -> str:
     """The table as Markdown: a heading, the table, then what the numbers are."""
     spec, metrics, boot = table.spec, table.metrics, table.bootstrap
     refs = table.references
-    head = ["row", "n slices", "n volumes"] + [TITLES[m] for m in metrics]
+    # the count of what the bootstrap resamples (volumes, or e.g. patients)
+    head = ["row", "n slices", f"n {boot.unit_label or 'units'}" if boot.units else "n volumes"]
+    head += [TITLES[m] for m in metrics]
     head += [f"Δ {TITLES[m]} vs {ref.spec.label}" for ref in refs for m in metrics]
     lines = [f"## {spec.title}", ""]
     if spec.note:
@@ -507,7 +509,7 @@ def table_markdown(table: TableResult, png: str | None = None) -> str:
         if row.missing is not None:
             cells = [row.spec.label, f"missing: {row.missing}"] + [""] * (len(head) - 2)
         else:
-            cells = [row.spec.label, str(row.n_slices), str(row.n_volumes)]
+            cells = [row.spec.label, str(row.n_slices), str(_n_units(row, boot))]
             cells += [format_mean_std(row.stats.get(m), m, row.n_slices) for m in metrics]
             cells += ["reference" if row is ref else format_diff(row.diff(m, ref.spec.id), m)
                       for ref in refs for m in metrics]
@@ -540,6 +542,13 @@ def table_markdown(table: TableResult, png: str | None = None) -> str:
     if png:
         lines += ["", f"![{spec.id}]({png})"]
     return "\n".join(lines) + "\n"
+
+
+def _n_units(row: RowResult, boot: BootstrapSpec) -> int:
+    """How many of the bootstrap's units (volumes without ``units``) the row's slices cover."""
+    if row.data is None:
+        return 0
+    return len(set(boot.unit_of(row.data.index.get_level_values("fname"))))
 
 
 def _methods(table: TableResult) -> str:

@@ -4,8 +4,9 @@ Prints one JSON object per file per line (:meth:`metamri.data.readers.VolumeFile
 format, shapes, patient and every metadata field, ``null`` where missing).  A file
 that cannot be read (or whose k-space is empty along an axis: no coils) gives one line
 ``error: <file>: <field>: <problem>`` on stderr; the other files are still inspected and
-the exit status is 1. Only the header and shapes are read: k-space values (NaN, inf) are
-checked when a file is preprocessed or reconstructed.
+the exit status is 1. By default only the header and shapes are read; ``--values`` also
+reads every slice (and frame) as preprocessing would, so a NaN or inf in the k-space is
+reported here, naming the slice, instead of when the file is preprocessed or reconstructed.
 
 Example::
 
@@ -42,19 +43,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="cine metadata table for CMRxRecon files "
         "(default: the nearest cine_info.csv above the file)",
     )
+    parser.add_argument(
+        "--values",
+        action="store_true",
+        help="also read every slice and check its k-space values (NaN, inf); slower",
+    )
     return parser
 
 
-def inspect_file(path: str, sidecar: str | None = None) -> dict:
+def inspect_file(path: str, sidecar: str | None = None, values: bool = False) -> dict:
     """``describe()`` of one file (the sidecar applies to cine files only).
 
+    Args:
+        path: A fastMRI ``.h5`` or CMRxRecon ``.mat`` file.
+        sidecar: The cine metadata table.
+        values: Also read every item (slice, or slice and frame); each is checked for
+            non-finite k-space values by its reader.
+
     Raises:
-        DataFileError: The file cannot be read, or its k-space holds no coils, slices,
-            frames or samples (nothing metamri could reconstruct from it).
+        DataFileError: The file cannot be read, its k-space holds no coils, slices,
+            frames or samples (nothing metamri could reconstruct from it), or (``values``)
+            an item holds NaN or inf.
     """
     kwargs = {"sidecar": sidecar} if sidecar and detect_format(path) == "cmrxrecon_cine" else {}
-    info = open_volume(path, **kwargs).describe()
+    volume = open_volume(path, **kwargs)
+    info = volume.describe()
     _check_usable(path, info)
+    if values:
+        for _ in volume:  # the reader raises on the first non-finite item
+            pass
     return info
 
 
@@ -74,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = 0
     for path in args.paths:
         try:
-            info = inspect_file(path, args.sidecar)
+            info = inspect_file(path, args.sidecar, values=args.values)
         except MetamriError as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
             failed += 1

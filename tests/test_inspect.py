@@ -199,3 +199,21 @@ def test_cli_cine_bad_file(tmp_path, capsys):
     (line,) = captured.err.splitlines()
     assert line.startswith("error: ") and "cine_sax.mat" in line and "kspace_full" in line
     assert "5 dimensions" in line
+
+
+def test_values_flag_finds_a_nan_slice_that_the_header_check_does_not(tmp_path):
+    kspace = small_kspace((2, 2, 8, 8))
+    kspace[1, 0, 3, 4] = np.nan
+    nan_file = write_fastmri_brain(tmp_path / "nan.h5", kspace, None, acquisition="AXT2",
+                                   patient_id="p", header_xml=build_header(AXT1_FLASH))
+    header_only = run_cli(str(nan_file), cwd=tmp_path)
+    assert header_only.returncode == 0 and json.loads(header_only.stdout)["slices"] == 2
+    checked = run_cli("--values", str(nan_file), cwd=tmp_path)
+    assert checked.returncode == 1 and checked.stdout == "" and "Traceback" not in checked.stderr
+    (line,) = checked.stderr.splitlines()
+    assert line.startswith("error: ") and "nan.h5" in line and "slice 1" in line
+    assert "1 non-finite value(s)" in line and "kspace" in line
+    # a clean file passes with --values and prints the same line as without
+    clean = write_fastmri_brain(tmp_path / "clean.h5", small_kspace((2, 2, 8, 8)), None, acquisition="AXT2",
+                                patient_id="p", header_xml=build_header(AXT1_FLASH))
+    assert run_cli("--values", str(clean), cwd=tmp_path).stdout == run_cli(str(clean), cwd=tmp_path).stdout

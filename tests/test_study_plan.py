@@ -98,3 +98,24 @@ def test_robustness_stages_come_last_with_the_ood_additive_settings(study):
             for k in cfg:
                 if k not in ("wandb", "paths", "hydra"):
                     assert cfg[k] == ref[k], (stage.name, k)
+
+
+def test_code_option_imports_metamri_from_the_frozen_tree(study, tmp_path):
+    """``--code DIR``: the stage's Python imports DIR's metamri, not this checkout's (the
+    current directory) nor the editable install."""
+    import subprocess
+
+    fake = tmp_path / "frozen" / "metamri"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("WHERE = 'frozen'\n")
+    probe = [sys.executable, "-c", "import metamri; print(getattr(metamri, 'WHERE', metamri.__file__))"]
+    cmd, env = study.frozen(probe, {"PATH": "/usr/bin:/bin"}, str(tmp_path / "frozen"))
+    out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "frozen"
+    # without -P, Python puts the current directory (this checkout) first for -c and -m,
+    # so PYTHONPATH alone does not isolate a stage
+    plain = subprocess.run(probe, env=env, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert plain.strip() == str(REPO / "metamri" / "__init__.py")
+    assert study.frozen(probe, {}, None) == (probe, {})
+    with pytest.raises(SystemExit, match="no metamri package"):
+        study.frozen(probe, {}, str(tmp_path))

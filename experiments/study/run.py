@@ -5,6 +5,12 @@ for Tables 1-7 (experiments/README.md says what each table asks).
     python experiments/study/run.py --print          # the exact commands, run nothing
     python experiments/study/run.py --only 'x4/'     # the stages whose name matches a regex
     python experiments/study/run.py --stage train    # only the fine-tuning runs
+    python experiments/study/run.py --code /tmp/frozen   # run the metamri (and conf/) of a worktree
+
+``--code DIR`` (e.g. ``git worktree add /tmp/frozen HEAD``) runs every stage with the
+package of ``DIR`` (``python -P``, ``PYTHONPATH=DIR``), while outputs still go under this
+checkout: a study that runs for hours is not changed by edits made here meanwhile. Without
+it, the stages import the metamri of the current directory.
 
 Every stage is resumable and skips what is done: a training run whose exported prior
 exists, or whose ``last.ckpt`` has reached its steps, is skipped (one killed midway
@@ -280,11 +286,27 @@ and `python -m metamri.phantom preset=study`).
     (PRIOR_ROOT / "README.md").write_text(card)
 
 
+def frozen(cmd: list[str], env: dict[str, str], code: str | None) -> tuple[list[str], dict[str, str]]:
+    """``cmd`` and ``env`` made to import metamri from ``code`` (``None``: unchanged).
+
+    ``-P`` keeps Python from putting the current directory (this checkout) first on
+    ``sys.path``, so ``PYTHONPATH=code`` wins over both it and an editable install.
+    """
+    if code is None:
+        return cmd, env
+    root = Path(code).resolve()
+    if not (root / "metamri" / "__init__.py").is_file():
+        sys.exit(f"--code {code}: no metamri package there (expected {root / 'metamri' / '__init__.py'})")
+    return [cmd[0], "-P", *cmd[1:]], {**env, "PYTHONPATH": str(root)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--print", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--only", default=None, help="regex on stage names (train/<arm>, eval/<acc>/<name>)")
     ap.add_argument("--stage", choices=["train", "export", "information", "eval"], default=None)
+    ap.add_argument("--code", default=None, metavar="DIR",
+                    help="import metamri from DIR (a worktree of a fixed commit); outputs stay here")
     args = ap.parse_args(argv)
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
@@ -311,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             if last.is_file():
                 cmd.append(f"ckpt_path={last}")
         print(f"== {stage.name}: {' '.join(cmd[1:])}", flush=True)
-        if subprocess.run(cmd, env=env).returncode != 0:
+        run_cmd, run_env = frozen(cmd, env, args.code)
+        if subprocess.run(run_cmd, env=run_env).returncode != 0:
             print(f"!! {stage.name} failed", flush=True)
             failed.append(stage.name)
         elif stage.kind == "export":

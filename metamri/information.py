@@ -28,23 +28,18 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 from metamri.errors import ConfigError
 from metamri.utils.cli import hydra_task
-from metamri.utils.hydra import register_resolvers
+from metamri.utils.hydra import plain, register_resolvers
 
 log = logging.getLogger(__name__)
 register_resolvers()
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 def information(cfg: DictConfig):
@@ -56,13 +51,13 @@ def information(cfg: DictConfig):
 
     validate_information(cfg)  # before the prior, the data or any output
     split, domain = cfg.split, cfg.domain
-    max_items, batch_size = _plain(cfg.get("max_items")), _plain(cfg.get("batch_size", 8))
+    max_items, batch_size = plain(cfg.get("max_items")), plain(cfg.get("batch_size", 8))
     device = check_device(cfg.get("device", "auto"))
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
 
     module = load_prior(cfg.prior)
-    timesteps = check_timesteps(_plain(cfg.get("timestep_grid")), module.num_train_timesteps,
+    timesteps = check_timesteps(plain(cfg.get("timestep_grid")), module.num_train_timesteps,
                                 key="timestep_grid")
     module = module.to(device)
 

@@ -24,21 +24,10 @@ from typing import Any
 
 from metamri.errors import ConfigError, MetamriError
 from metamri.utils import checks
+from metamri.utils.hydra import cfg_get, plain
 
 #: ``cs.backend`` values (:func:`metamri.recon.baselines.compressed_sensing`).
 CS_BACKENDS = ("auto", "bart", "sigpy")
-
-
-def _plain(value: Any) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
 
 
 def _required(cfg: Any, key: str) -> Any:
@@ -61,9 +50,9 @@ def _built(what: str, value: Any, build: Callable[[], Any]) -> Any:
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
-        raise ConfigError(what, _plain(value), f"cannot be built ({_first_line(exc.__cause__ or exc)})") from None
+        raise ConfigError(what, plain(value), f"cannot be built ({_first_line(exc.__cause__ or exc)})") from None
     except (TypeError, ValueError) as exc:
-        raise ConfigError(what, _plain(value), f"cannot be built ({_first_line(exc)})") from None
+        raise ConfigError(what, plain(value), f"cannot be built ({_first_line(exc)})") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -107,7 +96,7 @@ def check_prior(cfg: Any, needed: bool) -> str | None:
     with warnings.catch_warnings():  # the deprecation warning is the loader's to give, once
         warnings.simplefilter("ignore", DeprecationWarning)
         path = prior_path(cfg)
-    key = "prior" if _get(cfg, "prior") or not _get(cfg, "ckpt_path") else "ckpt_path"
+    key = "prior" if cfg_get(cfg, "prior") or not cfg_get(cfg, "ckpt_path") else "ckpt_path"
     if needed:
         if not path:
             raise ConfigError(key, None, "the diffusion method needs a prior",
@@ -140,25 +129,25 @@ def check_reconstruction(cfg: Any, *, diffusion: bool, methods: bool = True) -> 
     from metamri.preprocess.espirit import EspiritParams
 
     if methods:
-        names = checks.string_list(_get(cfg, "methods"), "methods")
+        names = checks.string_list(cfg_get(cfg, "methods"), "methods")
         if not names or any(m not in METHODS for m in names):
             raise ConfigError("methods", names, f"choose a non-empty subset of {list(METHODS)}")
-    scale = checks.number(_get(cfg, "guidance_scale", 1.0), "guidance_scale",
+    scale = checks.number(cfg_get(cfg, "guidance_scale", 1.0), "guidance_scale",
                           hint="the CFG scale: 0 unconditional, 1 conditional, > 1 amplified")
-    checks.integer(_get(cfg, "ensemble", 1), "ensemble", minimum=1, hint="K samples per slice")
-    checks.integer(_get(cfg, "base_seed", 0), "base_seed")
-    checks.boolean(_get(cfg, "use_ema", True), "use_ema")
-    checks.choice(_get(cfg, "coil_maps", "fully_sampled"), "coil_maps", COIL_MAPS)
-    checks.choice(_get(cfg, "scaling", "reference"), "scaling", SCALINGS)
-    drop = checks.string_list(_get(cfg, "drop_fields"), "drop_fields", allow_none=True) or []
-    keep = checks.string_list(_get(cfg, "keep_fields"), "keep_fields", allow_none=True)
+    checks.integer(cfg_get(cfg, "ensemble", 1), "ensemble", minimum=1, hint="K samples per slice")
+    checks.integer(cfg_get(cfg, "base_seed", 0), "base_seed")
+    checks.boolean(cfg_get(cfg, "use_ema", True), "use_ema")
+    checks.choice(cfg_get(cfg, "coil_maps", "fully_sampled"), "coil_maps", COIL_MAPS)
+    checks.choice(cfg_get(cfg, "scaling", "reference"), "scaling", SCALINGS)
+    drop = checks.string_list(cfg_get(cfg, "drop_fields"), "drop_fields", allow_none=True) or []
+    keep = checks.string_list(cfg_get(cfg, "keep_fields"), "keep_fields", allow_none=True)
     known = [f.name for f in dataclasses.fields(Metadata)]
     for key, names in (("drop_fields", drop), ("keep_fields", keep or [])):
         unknown = [n for n in names if n not in known]
         if unknown:
             raise ConfigError(key, names, f"unknown metadata field {unknown[0]!r}", hint=f"known: {known}")
-    MetadataCorruption.from_config(_get(cfg, "corrupt"))
-    cs = cs_kwargs(_get(cfg, "cs"))
+    MetadataCorruption.from_config(cfg_get(cfg, "corrupt"))
+    cs = cs_kwargs(cfg_get(cfg, "cs"))
     if "lamda" in cs:
         checks.number(cs["lamda"], "cs.lamda", minimum=0.0)
     if "n_iter" in cs:
@@ -169,11 +158,11 @@ def check_reconstruction(cfg: Any, *, diffusion: bool, methods: bool = True) -> 
         checks.text(cs["wavelet"], "cs.wavelet")
     if "cycle_spinning" in cs:
         checks.boolean(cs["cycle_spinning"], "cs.cycle_spinning")
-    mask = _get(cfg, "mask")
+    mask = cfg_get(cfg, "mask")
     _built("mask", mask, lambda: build_mask(mask))
-    EspiritParams.from_config(_get(cfg, "espirit"))
+    EspiritParams.from_config(cfg_get(cfg, "espirit"))
     if diffusion:
-        sampler = _get(cfg, "sampler")
+        sampler = cfg_get(cfg, "sampler")
         _built("sampler", sampler, lambda: build_sampler(sampler, None, scale))
 
 
@@ -186,24 +175,24 @@ def check_data(data: Any, key: str = "data") -> None:
 
     if data is None:
         raise ConfigError(key, None, "give a data config", hint="choose one of conf/data/")
-    sources = _plain(_get(data, "sources"))
+    sources = plain(cfg_get(data, "sources"))
     if not isinstance(sources, Mapping) or not any(v is not None for v in sources.values()) \
             or set(sources) - set(DOMAINS):
         raise ConfigError(f"{key}.sources", sources, f"a mapping of {list(DOMAINS)} to raw directories")
-    ratio = _plain(_get(data, "ood_ratio"))
+    ratio = plain(cfg_get(data, "ood_ratio"))
     if ratio is not None:
         checks.int_pair(ratio, f"{key}.ood_ratio", minimum=(0, 1), what="[ood, in_distribution] draws per block",
                         hint="e.g. data.ood_ratio=[1,5] (the paper's 1:5), or null without OOD data")
-    checks.integer(_get(data, "batch_size", 4), f"{key}.batch_size", minimum=1)
+    checks.integer(cfg_get(data, "batch_size", 4), f"{key}.batch_size", minimum=1)
     for name, minimum in (("eval_batch_size", 1), ("num_workers", 0), ("max_open_files", 1)):
-        if _get(data, name) is not None:
-            checks.integer(_get(data, name), f"{key}.{name}", minimum=minimum)
-    checks.integer(_get(data, "val_max_items"), f"{key}.val_max_items", minimum=1, allow_none=True)
-    if _get(data, "metadata_strict") is not None:
-        checks.boolean(_get(data, "metadata_strict"), f"{key}.metadata_strict")
-    checks.integer(_get(data, "split_seed", 0), f"{key}.split_seed")
-    checks.integer(_get(data, "shuffle_seed"), f"{key}.shuffle_seed", allow_none=True)
-    fractions = _plain(_get(data, "split_fractions"))
+        if cfg_get(data, name) is not None:
+            checks.integer(cfg_get(data, name), f"{key}.{name}", minimum=minimum)
+    checks.integer(cfg_get(data, "val_max_items"), f"{key}.val_max_items", minimum=1, allow_none=True)
+    if cfg_get(data, "metadata_strict") is not None:
+        checks.boolean(cfg_get(data, "metadata_strict"), f"{key}.metadata_strict")
+    checks.integer(cfg_get(data, "split_seed", 0), f"{key}.split_seed")
+    checks.integer(cfg_get(data, "shuffle_seed"), f"{key}.shuffle_seed", allow_none=True)
+    fractions = plain(cfg_get(data, "split_fractions"))
     if fractions is not None:
         if not isinstance(fractions, Mapping) or set(fractions) - set(SPLITS):
             raise ConfigError(f"{key}.split_fractions", fractions, f"a mapping of {list(SPLITS)} to fractions")
@@ -211,7 +200,7 @@ def check_data(data: Any, key: str = "data") -> None:
             checks.number(value, f"{key}.split_fractions.{split}", minimum=0.0, maximum=1.0)
         if abs(sum(fractions.values()) - 1.0) > 1e-6:
             raise ConfigError(f"{key}.split_fractions", fractions, "fractions must sum to 1")
-    pre = dict(_plain(_get(data, "preprocess")) or {})
+    pre = dict(plain(cfg_get(data, "preprocess")) or {})
     prefix = f"{key}.preprocess."
     try:
         PreprocessParams(espirit=EspiritParams.from_config(pre.get("espirit")), image_size=pre.get("image_size"),
@@ -232,22 +221,22 @@ def validate_evaluate(cfg: Any) -> None:
     from metamri.datamodules.splits import SPLITS
     from metamri.evaluation.wandb_log import WandbSettings
 
-    methods = checks.string_list(_get(cfg, "methods"), "methods") or []
+    methods = checks.string_list(cfg_get(cfg, "methods"), "methods") or []
     check_reconstruction(cfg, diffusion="diffusion" in methods)
     check_prior(cfg, needed="diffusion" in methods)
-    checks.choice(_get(cfg, "split"), "split", SPLITS)
-    checks.choice(_get(cfg, "domain"), "domain", DOMAINS)
-    checks.integer(_get(cfg, "max_slices"), "max_slices", minimum=1, allow_none=True,
+    checks.choice(cfg_get(cfg, "split"), "split", SPLITS)
+    checks.choice(cfg_get(cfg, "domain"), "domain", DOMAINS)
+    checks.integer(cfg_get(cfg, "max_slices"), "max_slices", minimum=1, allow_none=True,
                    hint="the first N slices of the split; null for all")
-    checks.integer(_get(cfg, "items_per_volume"), "items_per_volume", minimum=1, allow_none=True,
+    checks.integer(cfg_get(cfg, "items_per_volume"), "items_per_volume", minimum=1, allow_none=True,
                    hint="the central k slices of each volume; null for all")
-    checks.integer(_get(cfg, "batch_size", 1), "batch_size", minimum=1, hint="slices per sampler call")
-    checks.integer(_get(cfg, "num_threads"), "num_threads", minimum=1, allow_none=True)
-    checks.integer(_get(cfg, "seed", 0), "seed")
+    checks.integer(cfg_get(cfg, "batch_size", 1), "batch_size", minimum=1, hint="slices per sampler call")
+    checks.integer(cfg_get(cfg, "num_threads"), "num_threads", minimum=1, allow_none=True)
+    checks.integer(cfg_get(cfg, "seed", 0), "seed")
     for name in ("lpips", "prepare_data"):
-        checks.boolean(_get(cfg, name, True), name)
-    checks.text(_get(cfg, "output_subdir", "reconstruction"), "output_subdir")
-    check_data(_get(cfg, "data"))
+        checks.boolean(cfg_get(cfg, name, True), name)
+    checks.text(cfg_get(cfg, "output_subdir", "reconstruction"), "output_subdir")
+    check_data(cfg_get(cfg, "data"))
     WandbSettings.from_config(cfg)
 
 
@@ -255,62 +244,62 @@ def validate_reconstruct(cfg: Any) -> None:
     """``conf/reconstruct.yaml``: inputs, method, prior, device, the reconstruction group."""
     from metamri.reconstruct import METHODS, input_files
 
-    method = checks.choice(_get(cfg, "method"), "method", METHODS)
-    if _get(cfg, "coil_maps", "calibration") != "calibration":
+    method = checks.choice(cfg_get(cfg, "method"), "method", METHODS)
+    if cfg_get(cfg, "coil_maps", "calibration") != "calibration":
         raise ConfigError("coil_maps", cfg.coil_maps, "a measured file has only its calibration region",
                           hint="metamri.reconstruct always uses coil_maps=calibration")
-    if _get(cfg, "scaling", "measured") != "measured":
+    if cfg_get(cfg, "scaling", "measured") != "measured":
         raise ConfigError("scaling", cfg.scaling, "a measured file has no fully sampled image to take the p99 of",
                           hint="metamri.reconstruct always uses scaling=measured")
     check_reconstruction(cfg, diffusion=method == "diffusion", methods=False)
-    if _get(_get(cfg, "corrupt"), "shuffle", False) is True:
+    if cfg_get(cfg_get(cfg, "corrupt"), "shuffle", False) is True:
         raise ConfigError("corrupt.shuffle", True, "swaps headers between the volumes of an evaluated split",
                           hint="metamri.reconstruct has no split: use metamri.evaluate, or corrupt.shuffle=false")
     check_prior(cfg, needed=method == "diffusion")
-    check_device(_get(cfg, "device", "cpu"))
-    checks.boolean(_get(cfg, "overwrite", False), "overwrite")
-    out = _get(cfg, "out_dir")
+    check_device(cfg_get(cfg, "device", "cpu"))
+    checks.boolean(cfg_get(cfg, "overwrite", False), "overwrite")
+    out = cfg_get(cfg, "out_dir")
     checks.text(None if out is None else str(out), "out_dir")
     input_files(_required(cfg, "inputs"), exclude=str(out))
 
 
 def validate_train(cfg: Any) -> None:
     """``conf/train.yaml``: the resume checkpoint, seed, optimizer, EMA, trainer counts, data."""
-    ckpt = _get(cfg, "ckpt_path")
+    ckpt = cfg_get(cfg, "ckpt_path")
     if ckpt is not None and ckpt != "":
         checks.existing_path(ckpt, "ckpt_path", kind="file",
                              hint="resume from a file such as <run>/checkpoints/last.ckpt, or ckpt_path=null")
-    checks.integer(_get(cfg, "seed", 0), "seed")
+    checks.integer(cfg_get(cfg, "seed", 0), "seed")
     for name in ("train", "test"):
-        checks.boolean(_get(cfg, name, name == "train"), name)
-    opt = _get(cfg, "optimizer")
+        checks.boolean(cfg_get(cfg, name, name == "train"), name)
+    opt = cfg_get(cfg, "optimizer")
     if opt is not None:
-        if _get(opt, "lr") is not None:
-            checks.number(_get(opt, "lr"), "optimizer.lr", above=0.0)
-        if _get(opt, "weight_decay") is not None:
-            checks.number(_get(opt, "weight_decay"), "optimizer.weight_decay", minimum=0.0)
-    module = _get(cfg, "module")
+        if cfg_get(opt, "lr") is not None:
+            checks.number(cfg_get(opt, "lr"), "optimizer.lr", above=0.0)
+        if cfg_get(opt, "weight_decay") is not None:
+            checks.number(cfg_get(opt, "weight_decay"), "optimizer.weight_decay", minimum=0.0)
+    module = cfg_get(cfg, "module")
     if module is not None:
-        checks.number(_get(module, "ema_decay"), "module.ema_decay", minimum=0.0, below=1.0, allow_none=True)
-    trainer = _get(cfg, "trainer")
+        checks.number(cfg_get(module, "ema_decay"), "module.ema_decay", minimum=0.0, below=1.0, allow_none=True)
+    trainer = cfg_get(cfg, "trainer")
     if trainer is not None:
         for name, minimum in (("max_steps", -1), ("max_epochs", -1), ("accumulate_grad_batches", 1),
                               ("log_every_n_steps", 1), ("num_sanity_val_steps", -1)):
-            if _get(trainer, name) is not None:
-                checks.integer(_get(trainer, name), f"trainer.{name}", minimum=minimum)
-        if _get(trainer, "gradient_clip_val") is not None:
-            checks.number(_get(trainer, "gradient_clip_val"), "trainer.gradient_clip_val", minimum=0.0)
+            if cfg_get(trainer, name) is not None:
+                checks.integer(cfg_get(trainer, name), f"trainer.{name}", minimum=minimum)
+        if cfg_get(trainer, "gradient_clip_val") is not None:
+            checks.number(cfg_get(trainer, "gradient_clip_val"), "trainer.gradient_clip_val", minimum=0.0)
     for group in ("timesteps", "dropout", "finetune"):  # small objects: built here, thrown away
-        node = _get(cfg, group)
-        if node is not None and _get(node, "_target_") is not None:
+        node = cfg_get(cfg, group)
+        if node is not None and cfg_get(node, "_target_") is not None:
             _built(group, node, lambda node=node: _instantiate(node))
-    check_data(_get(cfg, "data"))
+    check_data(cfg_get(cfg, "data"))
 
 
 def _instantiate(node: Any) -> Any:
     from hydra.utils import instantiate
 
-    return instantiate(_plain(node))
+    return instantiate(plain(node))
 
 
 def validate_information(cfg: Any) -> None:
@@ -319,21 +308,21 @@ def validate_information(cfg: Any) -> None:
     from metamri.datamodules.datamodule import DOMAINS
     from metamri.datamodules.splits import SPLITS
 
-    split = _get(cfg, "split")
+    split = cfg_get(cfg, "split")
     if split not in SPLITS:
         raise ConfigError("split", split, "unknown split", hint=f"choose one of {list(SPLITS)}")
-    checks.choice(_get(cfg, "domain"), "domain", DOMAINS)
-    if not _get(cfg, "prior"):
-        raise ConfigError("prior", _get(cfg, "prior"), "give the prior to measure",
+    checks.choice(cfg_get(cfg, "domain"), "domain", DOMAINS)
+    if not cfg_get(cfg, "prior"):
+        raise ConfigError("prior", cfg_get(cfg, "prior"), "give the prior to measure",
                           hint="prior=/path/last.ckpt (metamri.train) or a diffusers directory")
-    if not _get(cfg, "out"):
-        raise ConfigError("out", _get(cfg, "out"), "give the CSV to write", hint="out=information.csv")
-    check_counts(_plain(_get(cfg, "max_items")), _plain(_get(cfg, "batch_size", 8)))
-    check_device(_get(cfg, "device", "auto"))
-    checks.integer(_get(cfg, "num_threads"), "num_threads", minimum=1, allow_none=True)
-    checks.integer(_get(cfg, "seed", 0), "seed")
-    prior_exists(_get(cfg, "prior"))
-    check_data(_get(cfg, "data"))
+    if not cfg_get(cfg, "out"):
+        raise ConfigError("out", cfg_get(cfg, "out"), "give the CSV to write", hint="out=information.csv")
+    check_counts(plain(cfg_get(cfg, "max_items")), plain(cfg_get(cfg, "batch_size", 8)))
+    check_device(cfg_get(cfg, "device", "auto"))
+    checks.integer(cfg_get(cfg, "num_threads"), "num_threads", minimum=1, allow_none=True)
+    checks.integer(cfg_get(cfg, "seed", 0), "seed")
+    prior_exists(cfg_get(cfg, "prior"))
+    check_data(cfg_get(cfg, "data"))
 
 
 def validate_preprocess(cfg: Any) -> None:
@@ -341,24 +330,24 @@ def validate_preprocess(cfg: Any) -> None:
     from metamri.preprocess.espirit import EspiritParams
     from metamri.preprocess.pipeline import PreprocessParams, discover_sources
 
-    PreprocessParams(espirit=EspiritParams.from_config(_get(cfg, "espirit")),
-                     image_size=_plain(_get(cfg, "image_size")),
-                     cardiac_frames=_plain(_get(cfg, "cardiac_frames", "all")),
-                     cine_maps=_get(cfg, "cine_maps", "time_average"))
-    checks.integer(_get(cfg, "workers", 0), "workers", minimum=0, hint="0 runs inline")
+    PreprocessParams(espirit=EspiritParams.from_config(cfg_get(cfg, "espirit")),
+                     image_size=plain(cfg_get(cfg, "image_size")),
+                     cardiac_frames=plain(cfg_get(cfg, "cardiac_frames", "all")),
+                     cine_maps=cfg_get(cfg, "cine_maps", "time_average"))
+    checks.integer(cfg_get(cfg, "workers", 0), "workers", minimum=0, hint="0 runs inline")
     for name in ("allow_crop", "overwrite", "progress"):
-        checks.boolean(_get(cfg, name, False), name)
-    checks.text(None if _get(cfg, "cache_dir") is None else str(_get(cfg, "cache_dir")), "cache_dir")
-    discover_sources(_plain(_required(cfg, "input_dir")))
+        checks.boolean(cfg_get(cfg, name, False), name)
+    checks.text(None if cfg_get(cfg, "cache_dir") is None else str(cfg_get(cfg, "cache_dir")), "cache_dir")
+    discover_sources(plain(_required(cfg, "input_dir")))
 
 
 def validate_phantom(cfg: Any) -> None:
     """``conf/phantom.yaml``: the preset, seed and every domain's counts (before any file is written)."""
     from metamri.phantom.generate import phantom_configs
 
-    seed = _get(cfg, "seed", 0)
+    seed = cfg_get(cfg, "seed", 0)
     checks.integer(seed, "seed", minimum=0)
-    domains = {d: {k: v for k, v in (_plain(_get(cfg, d)) or {}).items() if v is not None}
+    domains = {d: {k: v for k, v in (plain(cfg_get(cfg, d)) or {}).items() if v is not None}
                for d in ("brain", "cardiac")}
-    phantom_configs(brain=domains["brain"], cardiac=domains["cardiac"], noise=_plain(_get(cfg, "noise")) or {},
-                    preset=_get(cfg, "preset"))
+    phantom_configs(brain=domains["brain"], cardiac=domains["cardiac"], noise=plain(cfg_get(cfg, "noise")) or {},
+                    preset=cfg_get(cfg, "preset"))

@@ -50,6 +50,7 @@ from typing import Any
 
 from metamri.errors import ConfigError
 from metamri.utils import checks
+from metamri.utils.hydra import cfg_get, plain
 
 log = logging.getLogger(__name__)
 
@@ -63,24 +64,9 @@ GROUP_KEYS = ("mask", "sampler", "methods", "guidance_scale", "ensemble", "drop_
 CS_KEYS = ("lamda", "n_iter", "backend", "wavelet", "cycle_spinning")
 
 
-def _plain(value: Any) -> Any:
-    """A Hydra/OmegaConf node as plain Python containers (resolved); anything else as is."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
 def build_mask(mask: Any) -> Callable:
     """A mask function from a config (``_target_`` mapping) or the function itself."""
-    mask = _plain(mask)
+    mask = plain(mask)
     if isinstance(mask, Mapping):
         if "_target_" not in mask:
             raise ConfigError("mask", mask, "a mask config needs a _target_ (choose one of conf/mask/)")
@@ -114,9 +100,9 @@ def build_sampler(sampler: Any, module: Any = None, guidance_scale: float | None
     if sched is not None:
         extra["alphas_cumprod"] = sched.alphas_cumprod
     if guidance_scale is not None:
-        extra["guidance_scale"] = checks.number(_plain(guidance_scale), "guidance_scale",
+        extra["guidance_scale"] = checks.number(plain(guidance_scale), "guidance_scale",
                                                 hint="the CFG scale: 0 unconditional, 1 conditional")
-    sampler = _plain(sampler)
+    sampler = plain(sampler)
     if isinstance(sampler, Mapping):
         conf = {k: v for k, v in sampler.items() if k != "_partial_"}
         if "_target_" not in conf:
@@ -137,7 +123,7 @@ def build_sampler(sampler: Any, module: Any = None, guidance_scale: float | None
 
 def cs_kwargs(cs: Any) -> dict[str, Any]:
     """The ``cs`` mapping checked against :data:`CS_KEYS` (``ConfigError`` names ``cs.<key>``)."""
-    cs = dict(_plain(cs) or {})
+    cs = dict(plain(cs) or {})
     for key in cs:
         if key not in CS_KEYS:
             raise ConfigError(f"cs.{key}", cs[key], "unknown compressed-sensing option",
@@ -151,7 +137,7 @@ def prior_path(cfg: Any) -> str | None:
     Raises:
         ConfigError: Both are set and differ.
     """
-    prior, old = _get(cfg, "prior"), _get(cfg, "ckpt_path")
+    prior, old = cfg_get(cfg, "prior"), cfg_get(cfg, "ckpt_path")
     if old and prior and str(old) != str(prior):
         raise ConfigError("ckpt_path", old, f"conflicts with prior={prior!r}",
                           hint="ckpt_path is a deprecated alias of prior; pass prior only")
@@ -181,29 +167,29 @@ def build_reconstructor(cfg: Any, module: Any = None, *, methods: Sequence[str] 
     from metamri.models.performance import Performance
     from metamri.preprocess.espirit import EspiritParams
 
-    methods = tuple(str(m) for m in (methods if methods is not None else _plain(_get(cfg, "methods"))
+    methods = tuple(str(m) for m in (methods if methods is not None else plain(cfg_get(cfg, "methods"))
                                      or ("zero_filled",)))
     diffusion = "diffusion" in methods
     if diffusion and module is None:
         raise ConfigError("prior", None, "the diffusion method needs a prior",
                           hint="pass prior=/path/to/last.ckpt (or a diffusers directory), "
                                "or methods=[zero_filled,cs]")
-    sampler = build_sampler(_get(cfg, "sampler"), module, _get(cfg, "guidance_scale")) if diffusion else None
-    keep = _plain(_get(cfg, "keep_fields"))
+    sampler = build_sampler(cfg_get(cfg, "sampler"), module, cfg_get(cfg, "guidance_scale")) if diffusion else None
+    keep = plain(cfg_get(cfg, "keep_fields"))
     return Reconstructor(
-        build_mask(_get(cfg, "mask")),
+        build_mask(cfg_get(cfg, "mask")),
         methods,
         sampler=sampler,
         module=module if diffusion else None,
-        ensemble=checks.integer(_plain(_get(cfg, "ensemble", 1)), "ensemble", minimum=1),
-        drop_fields=list(_plain(_get(cfg, "drop_fields")) or []),
+        ensemble=checks.integer(plain(cfg_get(cfg, "ensemble", 1)), "ensemble", minimum=1),
+        drop_fields=list(plain(cfg_get(cfg, "drop_fields")) or []),
         keep_fields=None if keep is None else list(keep),
-        base_seed=checks.integer(_plain(_get(cfg, "base_seed", 0)), "base_seed"),
-        cs=cs_kwargs(_get(cfg, "cs")),
-        use_ema=bool(_get(cfg, "use_ema", True)),
-        coil_maps=str(_get(cfg, "coil_maps", "fully_sampled")),
-        espirit=EspiritParams.from_config(_get(cfg, "espirit")),
-        scaling=str(_get(cfg, "scaling", "reference")),
-        corruption=MetadataCorruption.from_config(_get(cfg, "corrupt")),
-        performance=Performance.from_config(_plain(_get(cfg, "performance"))),
+        base_seed=checks.integer(plain(cfg_get(cfg, "base_seed", 0)), "base_seed"),
+        cs=cs_kwargs(cfg_get(cfg, "cs")),
+        use_ema=bool(cfg_get(cfg, "use_ema", True)),
+        coil_maps=str(cfg_get(cfg, "coil_maps", "fully_sampled")),
+        espirit=EspiritParams.from_config(cfg_get(cfg, "espirit")),
+        scaling=str(cfg_get(cfg, "scaling", "reference")),
+        corruption=MetadataCorruption.from_config(cfg_get(cfg, "corrupt")),
+        performance=Performance.from_config(plain(cfg_get(cfg, "performance"))),
     )

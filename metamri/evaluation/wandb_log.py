@@ -49,9 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from metamri.errors import ConfigError
-from metamri.evaluation.builder import _get, _plain  # one reader of Hydra nodes and mappings
 from metamri.evaluation.wandb_offline import wait_until_complete
 from metamri.metrics.table import COLUMNS, METRICS, MetricTable
+from metamri.utils.hydra import cfg_get, plain
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class WandbSettings:
             ConfigError: ``wandb.mode`` (or ``WANDB_MODE`` when the mode is ``null``) is
                 not one of :data:`MODES`, or ``wandb.panels`` is not a non-negative integer.
         """
-        block = _plain(_get(cfg, "wandb")) or {}
+        block = plain(cfg_get(cfg, "wandb")) or {}
         if not isinstance(block, Mapping):
             raise ConfigError("wandb", block, "expected a mapping (enabled, mode, project, entity, "
                                               "group, name, panels)")
@@ -324,9 +324,9 @@ def run_config(cfg: Any, evaluation: Any = None, train: TrainRun | None = None) 
         warnings.simplefilter("ignore", DeprecationWarning)
         prior = prior_path(cfg)
     train = TrainRun.of_prior(prior) if train is None else train
-    mask = _plain(_get(cfg, "mask")) or {}
-    sampler = _plain(_get(cfg, "sampler")) or {}
-    cs = _plain(_get(cfg, "cs")) or {}
+    mask = plain(cfg_get(cfg, "mask")) or {}
+    sampler = plain(cfg_get(cfg, "sampler")) or {}
+    cs = plain(cfg_get(cfg, "cs")) or {}
     mask = mask if isinstance(mask, Mapping) else {}
     sampler = sampler if isinstance(sampler, Mapping) else {}
     effective = None if evaluation is None else _float_or_none(evaluation.effective_acceleration)
@@ -334,15 +334,15 @@ def run_config(cfg: Any, evaluation: Any = None, train: TrainRun | None = None) 
         "prior": prior,
         "train_run": None if train.path is None else str(train.path),
         "train_wandb_id": train.wandb_id,
-        "split": _str_or_none(_get(cfg, "split")),
-        "domain": _str_or_none(_get(cfg, "domain")),
-        "methods": _joined(_get(cfg, "methods")),
-        "guidance_scale": _float_or_none(_get(cfg, "guidance_scale")),
-        "ensemble": _int_or_none(_get(cfg, "ensemble")),
-        "drop_fields": _joined(_get(cfg, "drop_fields")) or "",
-        "keep_fields": _joined(_get(cfg, "keep_fields")),
+        "split": _str_or_none(cfg_get(cfg, "split")),
+        "domain": _str_or_none(cfg_get(cfg, "domain")),
+        "methods": _joined(cfg_get(cfg, "methods")),
+        "guidance_scale": _float_or_none(cfg_get(cfg, "guidance_scale")),
+        "ensemble": _int_or_none(cfg_get(cfg, "ensemble")),
+        "drop_fields": _joined(cfg_get(cfg, "drop_fields")) or "",
+        "keep_fields": _joined(cfg_get(cfg, "keep_fields")),
         **{f"corrupt_{k}": (",".join(v) if isinstance(v, list) else v)
-           for k, v in MetadataCorruption.from_config(_get(cfg, "corrupt")).to_dict().items()},
+           for k, v in MetadataCorruption.from_config(cfg_get(cfg, "corrupt")).to_dict().items()},
         "mask": _short_target(mask),
         "acceleration": _number(mask.get("acceleration")),
         "effective_acceleration": effective,
@@ -355,12 +355,12 @@ def run_config(cfg: Any, evaluation: Any = None, train: TrainRun | None = None) 
     if "eta" in sampler:
         out["eta"] = _float_or_none(sampler["eta"])
     out.update(
-        items_per_volume=_int_or_none(_get(cfg, "items_per_volume")),
-        max_slices=_int_or_none(_get(cfg, "max_slices")),
-        batch_size=_int_or_none(_get(cfg, "batch_size")),
-        base_seed=_int_or_none(_get(cfg, "base_seed")),
-        coil_maps=_str_or_none(_get(cfg, "coil_maps")),
-        scaling=_str_or_none(_get(cfg, "scaling")),
+        items_per_volume=_int_or_none(cfg_get(cfg, "items_per_volume")),
+        max_slices=_int_or_none(cfg_get(cfg, "max_slices")),
+        batch_size=_int_or_none(cfg_get(cfg, "batch_size")),
+        base_seed=_int_or_none(cfg_get(cfg, "base_seed")),
+        coil_maps=_str_or_none(cfg_get(cfg, "coil_maps")),
+        scaling=_str_or_none(cfg_get(cfg, "scaling")),
         cs_lamda=_float_or_none(cs.get("lamda") if isinstance(cs, Mapping) else None),
     )
     return out
@@ -439,7 +439,7 @@ def log_evaluation(settings: WandbSettings, cfg: Any, evaluation: Any, run_dir: 
         run = wandb.init(
             project=settings.project, entity=settings.entity,
             name=settings.name or default_name(run_dir), group=group, job_type="evaluate",
-            tags=[str(t) for t in (_plain(_get(cfg, "tags")) or [])], dir=str(run_dir),
+            tags=[str(t) for t in (plain(cfg_get(cfg, "tags")) or [])], dir=str(run_dir),
             mode=settings.mode, config=config, reinit="finish_previous",
             settings=wandb.Settings(console="off", x_disable_stats=True),
         )
@@ -519,7 +519,7 @@ def _number(value: Any) -> int | float | None:
 
 def _joined(value: Any) -> str | None:
     """A list as a comma-joined string (``None`` stays ``None``; a string stays itself)."""
-    value = _plain(value)
+    value = plain(value)
     if value is None:
         return None
     if isinstance(value, str):

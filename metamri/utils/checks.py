@@ -15,12 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from metamri.errors import ConfigError
-
-
-def _plain(value: Any) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+from metamri.utils.hydra import plain
 
 
 def integer(value: Any, key: str, *, minimum: int | None = None, allow_none: bool = False,
@@ -87,7 +82,7 @@ def text(value: Any, key: str, *, allow_none: bool = False) -> str | None:
 
 def string_list(value: Any, key: str, *, allow_none: bool = False) -> list[str] | None:
     """``value`` as a list of strings (a list of names)."""
-    value = _plain(value)
+    value = plain(value)
     if value is None and allow_none:
         return None
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
@@ -113,7 +108,7 @@ def existing_path(value: Any, key: str, *, kind: str = "any", hint: str | None =
 def int_pair(value: Any, key: str, *, minimum: Sequence[int] = (0, 0), what: str = "[a, b]",
              hint: str | None = None) -> tuple[int, int]:
     """``value`` as a pair of integers, each at least its ``minimum``."""
-    value = _plain(value)
+    value = plain(value)
     ok = isinstance(value, list | tuple) and len(value) == 2
     ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     if not ok or any(v < m for v, m in zip(value, minimum, strict=True)):

@@ -23,6 +23,16 @@ def plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
+def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    """``cfg[key]`` of a Hydra node, a mapping or an object with that attribute; ``default``
+    when ``cfg`` is ``None`` or has no such key."""
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
 def register_resolvers() -> None:
     """Register ``${metamri.uid:}`` (a short random id that keeps run dirs apart).
 

@@ -8,8 +8,8 @@
 #   STEPS (2000), LR (5e-4; from scratch, not the paper's 5e-5 fine-tuning rate),
 #   ENSEMBLES ("1 5": the sample counts K evaluated), METAMRI_ROOT (.),
 #   PARALLEL (1: train the two priors side by side, one thread each).
-# A prior whose last.ckpt exists is not retrained, and an evaluation whose CSV exists is not
-# rerun (delete $OUT, or set RETRAIN=1, to start over).
+# A prior whose last.ckpt exists resumes from it (a finished one stops at once), and an
+# evaluation whose CSV exists is not rerun (delete $OUT, or set RETRAIN=1, to start over).
 set -euo pipefail
 export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PY=${PY:-python3}
@@ -26,14 +26,18 @@ done_eval eval_baselines ||
   $PY -m metamri.evaluate paths.root_dir="$ROOT" hydra.run.dir="$OUT/eval_baselines" 'methods=[zero_filled,cs]'
 
 train() {  # $1 = experiment
-  if [ "${RETRAIN:-0}" != 1 ] && [ -f "$OUT/train_$1/checkpoints/last.ckpt" ]; then
-    echo "   $1: $OUT/train_$1/checkpoints/last.ckpt exists, not retrained"; return 0
+  local dir="$OUT/train_$1" resume=()
+  if [ "${RETRAIN:-0}" = 1 ]; then
+    rm -rf "$dir"
+  elif [ -f "$dir/checkpoints/last.ckpt" ]; then
+    # a finished run stops at once (max_steps reached); a killed one continues where it was
+    echo "   $1: resuming from $dir/checkpoints/last.ckpt"
+    resume=("ckpt_path=$dir/checkpoints/last.ckpt")
   fi
-  rm -rf "$OUT/train_$1"
-  $PY -m metamri.train +experiment="$1" paths.root_dir="$ROOT" hydra.run.dir="$OUT/train_$1" \
+  $PY -m metamri.train +experiment="$1" paths.root_dir="$ROOT" hydra.run.dir="$dir" \
     trainer.max_steps="$STEPS" optimizer.lr="$LR" logger=csv "~callbacks.rich_progress_bar" \
-    trainer.enable_progress_bar=false \
-    > "$OUT/train_$1.log" 2>&1
+    trainer.enable_progress_bar=false "${resume[@]}" \
+    >> "$OUT/train_$1.log" 2>&1
 }
 echo "== train the unconditional and the metadata prior for $STEPS steps (logs in $OUT/train_*.log)"
 if [ "${PARALLEL:-1}" = 1 ]; then

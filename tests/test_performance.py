@@ -140,6 +140,29 @@ def test_cpu_noise_is_the_same_draw_as_before():
     torch.testing.assert_close(noise, expect, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(("scale", "k"), [(1.0, 1), (0.0, 1), (2.0, 1), (2.0, 3)])
+def test_the_sampler_never_reads_a_device_value_back_on_the_meta_device(scale, k):
+    """The CPU stand-in for the GPU check below. A meta tensor has shapes but no values, so
+    everything that would make the host wait for a GPU (``.item()``, ``bool(t)``, ``float(t)``,
+    ``.tolist()``, ``.cpu()``, boolean indexing, ``nonzero``) raises on it. The whole sampler,
+    UNet, CFG halves, FFTs, CG and per-sample noise included, must run on meta end to end."""
+    meta = torch.device("meta")
+    with pytest.raises(RuntimeError, match="meta"):  # the mechanism this test relies on
+        bool(torch.ones(2, device=meta).all())
+
+    unet = _unet().to(meta)
+
+    def eps(x, t, c):
+        return unet(x, t, encoder_hidden_states=c).sample
+
+    maps, mask, y = (v.to(meta) for v in _problem())
+    ctx = torch.zeros(1, 4, 32, device=meta)
+    dds = DecomposedDiffusionSampler(num_steps=5, guidance_scale=scale)
+    seeds = ensemble_seeds("file_brain_AXT2_0_0.h5:3", 2 * k)
+    out = ensemble_sample(dds, eps, y, maps, mask, ctx, ctx, k, seeds)
+    assert out.mean.device == meta and tuple(out.mean.shape) == (2, SIZE, SIZE) and out.mean.is_complex()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_sampler_loop_never_waits_for_the_gpu():  # pragma: no cover - GPU only
     """Under sync-debug 'warn' every host-device synchronisation warns; a sync per step would

@@ -126,3 +126,62 @@ def test_zero_coils_never_reach_espirit():
 
     with pytest.raises(ValueError, match="no coils"):
         EspiritParams(backend="sigpy", calib_size=8).estimator()(np.zeros((0, 32, 16), np.complex64))
+
+
+KILLED_TASK = """
+import os, signal, sys, time
+import hydra
+from metamri.utils.cli import hydra_task
+from metamri.utils.io import atomic_output
+
+out = sys.argv.pop(1)
+wrap = hydra_task() if sys.argv.pop(1) == "hydra_task" else (lambda f: f)
+
+@hydra.main(config_path=None, version_base="1.3")
+@wrap
+def task(cfg):
+    with atomic_output(os.path.join(out, "done.txt")) as tmp:
+        tmp.write_text("complete")
+    with atomic_output(os.path.join(out, "result.h5")) as tmp:
+        tmp.write_text("half of it")
+        os.kill(os.getpid(), signal.SIGTERM)   # scancel / kill / a SLURM time limit, mid-write
+        time.sleep(30)
+        tmp.write_text("all of it")
+
+task()
+"""
+
+
+@pytest.mark.parametrize("wrap", ["hydra_task", "bare"])
+def test_sigterm_mid_write_leaves_no_temporary_file(tmp_path, wrap):
+    """Under :func:`hydra_task` SIGTERM ends the command with status 143 after the half-written
+    file's temporary is removed; the finished output stays. The bare control shows why: Python's
+    default SIGTERM kills the process without running ``finally``, and the ``.tmp`` stays."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    script = tmp_path / "task.py"
+    script.write_text(KILLED_TASK)
+    proc = subprocess.run([sys.executable, str(script), str(out), wrap, f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=120)
+    left = sorted(p.name for p in out.iterdir())
+    if wrap == "hydra_task":
+        assert proc.returncode == 143, proc.stderr
+        assert left == ["done.txt"], left
+    else:
+        assert proc.returncode == -15, proc.stderr
+        assert "done.txt" in left and any(name.startswith(".result.h5.") and name.endswith(".tmp") for name in left)
+
+
+def test_termination_handlers_are_restored_after_the_task():
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    with cli.exit_on_termination():
+        assert signal.getsignal(signal.SIGTERM) is cli._raise_exit
+        with pytest.raises(SystemExit) as exit_:
+            signal.raise_signal(signal.SIGTERM)
+    assert exit_.value.code == 143
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -19,6 +19,17 @@ behind. :func:`hydra_task` removes it: on an error, a run directory that holds n
 Hydra itself wrote there (``.hydra/{config,hydra,overrides}.yaml`` and the log file this process
 opened) is deleted, with the parent folders it leaves empty below ``paths.log_dir``. A run
 directory holding anything else (checkpoints, an evaluation's progress, W&B files) is kept.
+
+A killed job must not leave half-written files either. Python's default action for SIGTERM
+(``kill``, ``scancel``, a SLURM time limit) and SIGHUP (a closed terminal) ends the process at
+once, without running ``finally`` blocks, so a file being written through
+:func:`metamri.utils.io.atomic_output` would stay behind as its ``.<name>.*.tmp``.
+:func:`hydra_task` therefore turns either signal into ``SystemExit(128 + signum)`` (143 for
+SIGTERM, the status a killed process reports) while the task runs
+(:func:`exit_on_termination`): the temporary file is removed, every output already finished
+stays, and a rerun (``reconstruct``'s skip of finished files, ``evaluate``'s progress files)
+picks up the rest. Training does not use :func:`hydra_task`: it saves ``last.ckpt`` on those
+signals instead (:mod:`metamri.training.preemption`). SIGKILL cannot be caught.
 """
 
 from __future__ import annotations
@@ -27,7 +38,9 @@ import functools
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -120,13 +133,42 @@ def exit_status(call: Callable[[], int | None], status: int = EXIT_ERROR) -> int
         return int(exc.code or 0)
 
 
+#: Signals that end a non-training command cleanly (see the module docstring).
+TERMINATION_SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGHUP")) if s is not None)
+
+
+def _raise_exit(signum: int, frame: Any) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def exit_on_termination(signals: tuple[int, ...] = TERMINATION_SIGNALS) -> Iterator[None]:
+    """Inside the block, each of ``signals`` raises ``SystemExit(128 + signum)`` in the main thread.
+
+    So ``finally`` blocks and :func:`metamri.utils.io.atomic_output` clean up before the process
+    exits. The previous handlers are restored afterwards. Outside the main thread (where Python
+    cannot set handlers) the block runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_exit) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
 def hydra_task(validate: Callable[[Any], Any] | None = None) -> Callable[[F], F]:
     """Decorate a Hydra task function (put it under ``@hydra.main``): validation, one-line errors.
 
     ``validate(cfg)`` runs first, before the task does anything; a user error from either
     removes the bare run directory (:func:`remove_bare_run_dir`), prints one line and exits
     with :data:`EXIT_ERROR` (see the module docstring). In a ``-m`` sweep this stops the sweep
-    at the failing job.
+    at the failing job. SIGTERM and SIGHUP end the task through ``SystemExit(128 + signum)``
+    (:func:`exit_on_termination`), so nothing half-written stays behind.
 
     Example::
 
@@ -138,7 +180,7 @@ def hydra_task(validate: Callable[[Any], Any] | None = None) -> Callable[[F], F]
     def decorate(task: F) -> F:
         @functools.wraps(task)
         def run(cfg: Any) -> Any:
-            with user_errors(cleanup=lambda: remove_bare_run_dir(_log_dir(cfg))):
+            with exit_on_termination(), user_errors(cleanup=lambda: remove_bare_run_dir(_log_dir(cfg))):
                 if validate is not None:
                     validate(cfg)
                 return task(cfg)

@@ -64,8 +64,22 @@ def paired(table: MetricTable, a: str, b: str, metric: str = "psnr") -> str:
     iv = paired_volume_bootstrap(both[b].to_numpy(), both[a].to_numpy(), units,
                                  n_boot=BOOT.n, seed=BOOT.seed, level=BOOT.level)
     diff = both[b].to_numpy() - both[a].to_numpy()
-    return (f"| {b} − {a} | {iv.estimate:+.2f} | [{iv.lo:+.2f}, {iv.hi:+.2f}] "
-            f"| {int((diff > 0).sum())} / {len(diff)} |")
+    # one patient: nothing to resample between patients, so no interval (never a slice t-interval)
+    ci = f"[{iv.lo:+.2f}, {iv.hi:+.2f}]" if iv.n_volumes >= 2 else f"none ({iv.n_volumes} patient)"
+    return f"| {b} − {a} | {iv.estimate:+.2f} | {ci} | {int((diff > 0).sum())} / {len(diff)} |"
+
+
+def interval_note(table: MetricTable) -> str:
+    """The sentence above the comparisons: what the intervals resample, or why there are none."""
+    n_patients = len(set(BOOT.unit_of([r.fname for r in table])))
+    n_files = len({r.fname for r in table})
+    if n_patients >= 2:
+        return (f"95% interval: percentile bootstrap, {BOOT.n} draws resampling the {n_patients} test "
+                f"patients ({n_files} files) with all their slices, seed {BOOT.seed}.")
+    return (f"No intervals: the test split holds {n_patients} patient ({n_files} files), and slices of "
+            "one patient are not independent units, so there is nothing to resample (a t-interval over "
+            "its slices would be optimistic). These differences describe this patient only; the study "
+            "(`experiments/README.md`) compares the methods over 19 test patients, with intervals.")
 
 
 def final_losses(out: Path) -> list[str]:
@@ -129,9 +143,7 @@ def main() -> None:
         "",
         "## Paired per-slice PSNR differences (dB)",
         "",
-        f"95% interval: percentile bootstrap, {BOOT.n} draws resampling the "
-        f"{len(set(BOOT.unit_of([r.fname for r in table])))} test patients "
-        f"({len({r.fname for r in table})} files) with all their slices, seed {BOOT.seed}.",
+        interval_note(table),
         "",
         "| comparison | mean | 95% CI | slices improved |",
         "|---|---:|---|---:|",

@@ -17,9 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 FILES = [f"file_brain_AXT2_{p:03d}_{n:07d}.h5" for p in (1, 2, 3) for n in (2 * p, 2 * p + 1)]
 
 
-def write(out: Path, run: str, methods: dict[str, np.ndarray]) -> None:
+def write(out: Path, run: str, methods: dict[str, np.ndarray], files: list[str] = FILES) -> None:
     rows = [MetricRow(f, s, None, m, float(v[2 * i + s]), 0.5, None, 0.1)
-            for m, v in methods.items() for i, f in enumerate(FILES) for s in (0, 1)]
+            for m, v in methods.items() for i, f in enumerate(files) for s in (0, 1)]
     path = out / run / "reconstruction" / "test_metrics.csv"
     path.parent.mkdir(parents=True)
     MetricTable(rows).to_csv(path)
@@ -48,3 +48,22 @@ def test_intervals_resample_patients(tmp_path):
     # metadata − unconditional is +0.5 on every slice: a zero-width interval
     row = next(line for line in text.splitlines() if "K = 1 − diffusion, unconditional prior, K = 1" in line)
     assert row.split(" | ")[1:3] == ["+0.50", "[+0.50, +0.50]"]
+
+
+def test_one_test_patient_gets_no_interval(tmp_path):
+    """The default phantom's test split is one patient: no bootstrap interval, never NaN."""
+    one = FILES[:2]  # patient 001's two files
+    rng = np.random.default_rng(1)
+    zf, meta = 20 + rng.standard_normal(4), 24 + rng.standard_normal(4)
+    write(tmp_path, "eval_baselines", {"zero_filled": zf, "cs": zf + 1}, one)
+    for prior in ("unconditional", "metadata", "metadata_s0"):
+        write(tmp_path, f"eval_{prior}_k1", {"diffusion": meta}, one)
+    doc = tmp_path / "results.md"
+    subprocess.run([sys.executable, str(REPO / "experiments" / "phantom_table.py"), str(tmp_path),
+                    "--steps", "10", "--lr", "1e-3", "--doc", str(doc)], check=True, capture_output=True,
+                   cwd=REPO)
+    text = doc.read_text()
+    assert "nan" not in text.lower()
+    assert "No intervals: the test split holds 1 patient (2 files)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| diffusion, metadata prior (additive, s = 1), K = 1 − zero-filled"))
+    assert row.split(" | ")[1:3] == [f"{(meta - zf).mean():+.2f}", "none (1 patient)"]

@@ -18,6 +18,11 @@ is shared by training, evaluation and reconstruction:
   same, so checkpoints and exports are unaffected); ``compile_mode`` is passed on
   (``null``, ``"reduce-overhead"``, ``"max-autotune"``).
 
+The analyses (``metamri.information``, ``metamri.interpret``) do not read this group and run
+the UNet in float32 on purpose: they measure differences of a few percent between denoising
+losses, or rank candidates by losses that differ in the third digit, and bf16's 8-bit mantissa
+(relative rounding about 0.4%) is of the size of the effect they look for.
+
 Attention already runs through PyTorch's ``scaled_dot_product_attention``: diffusers gives
 every attention block an ``AttnProcessor2_0`` / ``AttnAddedKVProcessor2_0``, and the gated
 processors of the concatenated encoder (:mod:`metamri.encoders.gated_attention`) call it

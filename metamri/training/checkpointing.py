@@ -54,12 +54,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         save_atomic(checkpoint, path)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save(obj, path)`` through a temporary file in ``path``'s directory, fsynced and
     renamed onto ``path`` (a failure leaves ``path`` as it was and removes the temporary)."""
@@ -69,7 +63,6 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a checkpoint is a normal file
     try:  # the rename itself reaches the disk with the directory
         fd = os.open(path.parent, os.O_RDONLY)
     except OSError:

@@ -24,7 +24,9 @@ from typing import Any
 def atomic_output(path: str | PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` only on success.
 
-    A failure inside the block removes the temporary file and leaves ``path`` as it was.
+    A failure inside the block removes the temporary file and leaves ``path`` as it was. The
+    file gets the permissions a plainly created one would (``0o666`` less the umask), not the
+    owner-only ``0o600`` of :func:`tempfile.mkstemp`: outputs are for sharing.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,10 +35,18 @@ def atomic_output(path: str | PathLike[str], suffix: str = ".tmp") -> Iterator[P
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def default_file_mode() -> int:
+    """``0o666`` less this process's umask: the mode ``open(path, "w")`` would give a new file."""
+    mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_text_atomic(path: str | PathLike[str], text: str) -> Path:

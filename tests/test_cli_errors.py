@@ -170,6 +170,7 @@ def test_sigterm_mid_write_leaves_no_temporary_file(tmp_path, wrap):
     if wrap == "hydra_task":
         assert proc.returncode == 143, proc.stderr
         assert left == ["done.txt"], left
+        assert "stopped by SIGTERM" in proc.stderr and "Traceback" not in proc.stderr
     else:
         assert proc.returncode == -15, proc.stderr
         assert "done.txt" in left and any(name.startswith(".result.h5.") and name.endswith(".tmp") for name in left)

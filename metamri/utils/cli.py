@@ -139,6 +139,8 @@ TERMINATION_SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGT
 
 def _raise_exit(signum: int, frame: Any) -> None:
     signal.signal(signum, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
+    print(f"stopped by {signal.Signals(signum).name}: the file being written is removed, finished "
+          "outputs are kept; rerun the same command to continue", file=sys.stderr, flush=True)
     raise SystemExit(128 + signum)
 
 

@@ -112,6 +112,13 @@ def not_measured(reason: str) -> str:
         "(FLOPs counted with `torch.utils.flop_counter`), DDS sampling seconds per slice for one slice and a "
         "batch, the share of time outside the UNet, and the peak memory of each.",
         "",
+        "On a lent GPU machine it is one call, prepared here: `bash benchmarks/gpu/wheels.sh` fetches the "
+        "pure-Python wheels that machine's image lacks (diffusers, omegaconf, ismrmrd and their needs) into "
+        "`.whl/`; then `bash benchmarks/gpu/run.sh` there, with `.whl` carried, runs the CUDA tests "
+        "(`tests/test_performance.py`, the sampler loop's no-sync check among them) and this benchmark, and "
+        "returns this section. `GPU_DRY_RUN=1 bash benchmarks/gpu/run.sh` runs the same stages on a CPU at "
+        "toy sizes.",
+        "",
         f"Goals (issue 13): MFU >= {GOAL_MFU:.0%} in bf16 training; time outside the UNet <= "
         f"{GOAL_OUTSIDE_GPU:.0%} of sampling; batched sampling >= {GOAL_BATCH_SPEEDUP:g}x the slices per second "
         "of one at a time. None of them is measured on this machine.", "",

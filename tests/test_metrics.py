@@ -185,7 +185,11 @@ def test_summary_over_slices_and_volumes():
     assert no_lpips.n_slices == 0 and math.isnan(no_lpips.slice_mean)
     assert s.loc[("cs", "lpips")].slice_mean == pytest.approx(0.1234567890123)
     assert math.isnan(s.loc[("cs", "psnr")].slice_std)  # one slice: no spread
-    assert "zf psnr: slices 27.33" in _table().format_summary()
+    text = _table().format_summary()
+    assert "zf psnr: slices 27.33 ± 6.429 (3) | volumes 25.5 ± 7.778 (2)" in text
+    assert "zf lpips: not computed" in text
+    assert "cs psnr: slices 35.5 ± n/a (1) | volumes 35.5 ± n/a (1)" in text
+    assert "nan" not in text
 
 
 def test_csv_round_trip_is_exact_and_atomic(tmp_path):

@@ -148,14 +148,24 @@ class MetricTable:
         return pd.DataFrame.from_records(records, columns=columns).set_index(["method", "metric"])
 
     def format_summary(self, digits: int = 4) -> str:
-        """Lines ``method metric: slices mean ± std (n) | volumes mean ± std (n)``."""
+        """Lines ``method metric: slices mean ± std (n) | volumes mean ± std (n)``.
+
+        A metric with no values (LPIPS where it cannot load) reads ``not computed``; a std of
+        a single slice or volume reads ``n/a``, never ``nan``.
+        """
+
+        def stat(mean: float, std: float, n: float) -> str:
+            n = int(n)  # iterrows gives the row's common dtype, float
+            spread = f"{std:.{digits}g}" if n >= 2 else "n/a"
+            return f"{mean:.{digits}g} ± {spread} ({n})"
+
         lines = []
         for (method, metric), s in self.summary().iterrows():
-            lines.append(
-                f"{method} {metric}: slices {s.slice_mean:.{digits}g} ± {s.slice_std:.{digits}g} "
-                f"({s.n_slices}) | volumes {s.volume_mean:.{digits}g} ± {s.volume_std:.{digits}g} "
-                f"({s.n_volumes})"
-            )
+            if s.n_slices == 0:
+                lines.append(f"{method} {metric}: not computed")
+                continue
+            lines.append(f"{method} {metric}: slices {stat(s.slice_mean, s.slice_std, s.n_slices)} "
+                         f"| volumes {stat(s.volume_mean, s.volume_std, s.n_volumes)}")
         return "\n".join(lines)
 
     # -- CSV ----------------------------------------------------------------------------------

@@ -186,3 +186,21 @@ def test_termination_handlers_are_restored_after_the_task():
             signal.raise_signal(signal.SIGTERM)
     assert exit_.value.code == 143
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_exit_status_turns_a_termination_into_its_status_after_the_clean_up(tmp_path):
+    """The argparse tools (export) return through exit_status: SIGTERM there is status 143, and
+    the directory being written is gone."""
+    import signal
+
+    from metamri.utils.io import atomic_output
+
+    def export():
+        with atomic_output(tmp_path / "prior.safetensors") as tmp:
+            tmp.write_bytes(b"half")
+            signal.raise_signal(signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.exit_status(export) == 143
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before

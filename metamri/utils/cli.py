@@ -123,11 +123,12 @@ def user_errors(status: int = EXIT_ERROR, cleanup: Callable[[], Any] | None = No
 def exit_status(call: Callable[[], int | None], status: int = EXIT_ERROR) -> int:
     """``call()``'s exit status (``None``: 0); a user error in it is one line on stderr and ``status``.
 
-    For the in-process form of a command (``metamri.report.__main__.run(cfg)``) that returns
-    its status instead of exiting.
+    For the in-process form of a command (``metamri.report.__main__.run(cfg)``) and the
+    argparse tools (``metamri.export``) that return their status instead of exiting. SIGTERM and
+    SIGHUP during ``call`` return ``128 + signum`` after its clean-up (:func:`exit_on_termination`).
     """
     try:
-        with user_errors(status):
+        with exit_on_termination(), user_errors(status):
             return int(call() or 0)
     except SystemExit as exc:
         return int(exc.code or 0)

@@ -82,6 +82,16 @@ def interval_note(table: MetricTable) -> str:
             "(`experiments/README.md`) compares the methods over 19 test patients, with intervals.")
 
 
+def run_settings(out: Path) -> list[str]:
+    """The mask (with its effective acceleration), coil maps and CS lines that the baselines'
+    evaluation wrote into its summary; every run of the table shares them."""
+    summary = out / "eval_baselines" / "reconstruction" / "test_summary.md"
+    if not summary.exists():
+        return []
+    keep = ("- mask:", "- coil maps:", "- cs:")
+    return [line for line in summary.read_text().splitlines() if line.startswith(keep)]
+
+
 def final_losses(out: Path) -> list[str]:
     lines = []
     for exp in ("unconditional", "additive"):
@@ -119,7 +129,7 @@ def main() -> None:
     text = "\n".join([
         "# Phantom results: the brain test split at 4x",
         "",
-        "Reproduce (about 45 min on 2 CPU cores):",
+        "Reproduce (about an hour on 2 CPU cores):",
         "",
         "```bash",
         f"STEPS={args.steps} LR={args.lr} ENSEMBLES=\"{' '.join(map(str, ks))}\" METAMRI_ROOT=/tmp/pt "
@@ -127,13 +137,15 @@ def main() -> None:
         "```",
         "",
         "Setup: the embedded phantom (64 x 64 MVUE images from 8-coil k-space, ESPIRiT maps, p99-normalised);",
-        "the brain test split (patient-level, split seed 0); a `uniform1d` mask at 4x with an 8% fully",
-        "sampled centre, seeded from the file name; metrics on magnitudes in normalised units",
+        "the brain test split (patient-level, split seed 0); the default mask (below: ContextMRI's",
+        "`uniform1d`), seeded from the file name; metrics on magnitudes in normalised units",
         "(docs/metrics.md). Diffusion: DDS, 100 steps, eta 0.8, 5 CG steps, gamma 5; K samples per",
         "slice, their complex mean scored. Priors: the `tiny` UNet (1.7M parameters) trained from",
         f"scratch for {args.steps} steps (batch 4, AdamW lr {args.lr}, EMA with warm-up) on the phantom's",
         "brain training split; `unconditional` has no encoder, `additive` the fine-grained metadata",
         "tokens added to the MiniLM prompt tokens, with per-field CFG dropout.",
+        "",
+        *run_settings(args.out),
         "",
         "## Mean ± std over slices",
         "",

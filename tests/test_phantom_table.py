@@ -32,6 +32,9 @@ def test_intervals_resample_patients(tmp_path):
     # a patient effect: slices of one patient move together, which a t-interval would miss
     meta = 24 + np.repeat(rng.standard_normal(3) * 2, 4) + 0.1 * rng.standard_normal(n)
     write(tmp_path, "eval_baselines", {"zero_filled": zf, "cs": cs})
+    mask = "- mask: `Uniform1D(acceleration=4)`; effective acceleration 4.133x (W / sampled columns)"
+    (tmp_path / "eval_baselines" / "reconstruction" / "test_summary.md").write_text(
+        f"# test metrics\n\n{mask}\n- scaling: reference\n\n| method |\n")
     for prior, values in {"unconditional": meta - 0.5, "metadata": meta, "metadata_s0": meta - 0.2}.items():
         write(tmp_path, f"eval_{prior}_k1", {"diffusion": values})
     doc = tmp_path / "results.md"
@@ -40,6 +43,7 @@ def test_intervals_resample_patients(tmp_path):
                    cwd=REPO)
     text = doc.read_text()
     assert "resampling the 3 test patients (6 files)" in text
+    assert mask in text.splitlines() and "- scaling" not in text  # the run's mask, as evaluated
     units = np.repeat(["001", "002", "003"], 4)
     iv = paired_volume_bootstrap(meta, zf, units, n_boot=2000, seed=0)
     row = next(line for line in text.splitlines() if line.startswith("| diffusion, metadata prior (additive, s = 1), K = 1 − zero-filled"))

@@ -190,7 +190,7 @@ def test_termination_handlers_are_restored_after_the_task():
 
 def test_exit_status_turns_a_termination_into_its_status_after_the_clean_up(tmp_path):
     """The argparse tools (export) return through exit_status: SIGTERM there is status 143, and
-    the directory being written is gone."""
+    the file being written is gone."""
     import signal
 
     from metamri.utils.io import atomic_output

@@ -25,6 +25,15 @@ def write(out: Path, run: str, methods: dict[str, np.ndarray], files: list[str] 
     MetricTable(rows).to_csv(path)
 
 
+def make_doc(out: Path) -> str:
+    """Run experiments/phantom_table.py on the runs under ``out``; the doc's text."""
+    doc = out / "results.md"
+    subprocess.run([sys.executable, str(REPO / "experiments" / "phantom_table.py"), str(out),
+                    "--steps", "10", "--lr", "1e-3", "--doc", str(doc)], check=True, capture_output=True,
+                   cwd=REPO)
+    return doc.read_text()
+
+
 def test_intervals_resample_patients(tmp_path):
     rng = np.random.default_rng(0)
     n = 2 * len(FILES)
@@ -37,11 +46,7 @@ def test_intervals_resample_patients(tmp_path):
         f"# test metrics\n\n{mask}\n- scaling: reference\n\n| method |\n")
     for prior, values in {"unconditional": meta - 0.5, "metadata": meta, "metadata_s0": meta - 0.2}.items():
         write(tmp_path, f"eval_{prior}_k1", {"diffusion": values})
-    doc = tmp_path / "results.md"
-    subprocess.run([sys.executable, str(REPO / "experiments" / "phantom_table.py"), str(tmp_path),
-                    "--steps", "10", "--lr", "1e-3", "--doc", str(doc)], check=True, capture_output=True,
-                   cwd=REPO)
-    text = doc.read_text()
+    text = make_doc(tmp_path)
     assert "resampling the 3 test patients (6 files)" in text
     assert mask in text.splitlines() and "- scaling" not in text  # the run's mask, as evaluated
     units = np.repeat(["001", "002", "003"], 4)
@@ -62,11 +67,7 @@ def test_one_test_patient_gets_no_interval(tmp_path):
     write(tmp_path, "eval_baselines", {"zero_filled": zf, "cs": zf + 1}, one)
     for prior in ("unconditional", "metadata", "metadata_s0"):
         write(tmp_path, f"eval_{prior}_k1", {"diffusion": meta}, one)
-    doc = tmp_path / "results.md"
-    subprocess.run([sys.executable, str(REPO / "experiments" / "phantom_table.py"), str(tmp_path),
-                    "--steps", "10", "--lr", "1e-3", "--doc", str(doc)], check=True, capture_output=True,
-                   cwd=REPO)
-    text = doc.read_text()
+    text = make_doc(tmp_path)
     assert "nan" not in text.lower()
     assert "No intervals: the test split holds 1 patient (2 files)" in text
     row = next(line for line in text.splitlines() if line.startswith("| diffusion, metadata prior (additive, s = 1), K = 1 − zero-filled"))
